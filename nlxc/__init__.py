@@ -1,0 +1,32 @@
+"""nlxc: learning exchange–correlation functionals through differentiable Kohn–Sham DFT.
+
+Importing nlxc switches JAX to float64 (`jax_enable_x64`), which nlxc needs throughout.
+"""
+
+import jax as _jax
+
+_jax.config.update("jax_enable_x64", True)
+
+from . import scf, xc  # noqa: E402
+from ._errors import InputError  # noqa: E402
+from .grid import Density  # noqa: E402
+from .scf import SCFResult, solve  # noqa: E402
+from .system import System, build_mole, mole_from_xyz, pad_system, pad_to_common_shape  # noqa: E402
+from .xc import get_functional  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Density",
+    "InputError",
+    "SCFResult",
+    "System",
+    "build_mole",
+    "get_functional",
+    "mole_from_xyz",
+    "pad_system",
+    "pad_to_common_shape",
+    "scf",
+    "solve",
+    "xc",
+]

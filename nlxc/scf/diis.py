@@ -1,0 +1,101 @@
+"""Pulay's DIIS as an optimistix fixed-point solver."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optimistix as optx
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
+
+
+class _DIISState(eqx.Module):
+    outputs: Float[Array, "history n"]
+    residuals: Float[Array, "history n"]
+    count: Int[Array, ""]
+    relative_error: Scalar
+    finite: Bool[Array, ""]
+
+
+class DIIS(optx.AbstractFixedPointSolver):
+    """Pulay's direct inversion in the iterative subspace for a fixed point y = g(y).
+
+    Keeps the last `history_size` pairs (g(yᵢ), rᵢ = g(yᵢ) − yᵢ) and extrapolates
+
+        y_{n+1} = Σᵢ cᵢ [g(yᵢ) − d·rᵢ],   c = argmin ‖Σᵢ cᵢ rᵢ‖²  subject to  Σᵢ cᵢ = 1,
+
+    where d is the `damping` (d = 0: pure DIIS; with a history of one this is damped fixed-point
+    iteration). On the Kohn–Sham fixed point P = D(F(P)) this is Pulay's DIIS on the density
+    matrix (Pulay, Chem. Phys. Lett. 73, 393 (1980), doi:10.1016/0009-2614(80)80396-4; also known
+    as Anderson acceleration, Anderson, J. ACM 12, 547 (1965), doi:10.1145/321296.321305).
+
+    `level_shift` (Hartree) is read by [`nlxc.scf.solve`][]: it shifts the virtual orbitals up
+    when the density is built from the Fock matrix, which damps occupied–virtual mixing without
+    moving the fixed point. Other fixed-point maps ignore it.
+
+    Convergence: the solve stops when `norm(g(y) − y) < atol + rtol·|g(y)|` (elementwise scale,
+    optimistix's convention). A non-finite residual stops the solve with a failure result, so a
+    NaN never escapes as a converged answer.
+
+    **Arguments:** `rtol`, `atol`, `norm` (default `optimistix.max_norm`), `history_size`
+    (default 8), `damping` in [0, 1) (default 0), `level_shift` ≥ 0 (default 0).
+    """
+
+    rtol: float = 0.0
+    atol: float = 1e-8
+    norm: Callable[[PyTree], Scalar] = optx.max_norm
+    history_size: int = eqx.field(static=True, default=8)
+    damping: float = 0.0
+    level_shift: float = 0.0
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        flat, _ = ravel_pytree(y)
+        zeros = jnp.zeros((self.history_size, flat.size), flat.dtype)
+        return _DIISState(zeros, zeros, jnp.array(0), jnp.array(jnp.inf), jnp.array(True))
+
+    def step(self, fn, y, args, options, state, tags):
+        g, aux = fn(y, args)
+        flat_y, unravel = ravel_pytree(y)
+        flat_g, _ = ravel_pytree(g)
+        r = flat_g - flat_y
+        slot = state.count % self.history_size
+        outputs = state.outputs.at[slot].set(flat_g)
+        residuals = state.residuals.at[slot].set(r)
+        n_valid = jnp.minimum(state.count + 1, self.history_size)
+        valid = jnp.arange(self.history_size) < n_valid
+
+        b = residuals @ residuals.T
+        scale = jnp.max(jnp.where(valid, jnp.diag(b), 0.0))
+        scale = jnp.where(scale > 0, scale, 1.0)
+        b = jnp.where(valid[:, None] & valid[None, :], b / scale, jnp.eye(self.history_size))
+        border = valid.astype(b.dtype)
+        m = self.history_size
+        a = jnp.zeros((m + 1, m + 1), b.dtype)
+        a = a.at[:m, :m].set(b).at[m, :m].set(border).at[:m, m].set(border)
+        rhs = jnp.zeros(m + 1, b.dtype).at[m].set(1.0)
+        coeffs = jnp.linalg.lstsq(a, rhs)[0][:m]
+        coeffs = jnp.where(valid, coeffs, 0.0)
+        extrapolated = coeffs @ (outputs - self.damping * residuals)
+        fallback = flat_g - self.damping * r
+        ok = jnp.all(jnp.isfinite(extrapolated))
+        new_flat = jnp.where(ok, extrapolated, fallback)
+
+        with jax.numpy_dtype_promotion("standard"):
+            scale_y = self.atol + self.rtol * jnp.abs(flat_g)
+            error = self.norm(unravel(r / scale_y))
+        finite = jnp.all(jnp.isfinite(r))
+        new_state = _DIISState(outputs, residuals, state.count + 1, error, finite)
+        return unravel(new_flat), new_state, aux
+
+    def terminate(self, fn, y, args, options, state, tags):
+        failed = ~state.finite
+        converged = state.relative_error < 1
+        result = optx.RESULTS.where(failed, optx.RESULTS.nonfinite, optx.RESULTS.successful)
+        return converged | failed, result
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        return y, aux, {"relative_error": state.relative_error}

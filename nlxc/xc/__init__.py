@@ -1,0 +1,37 @@
+"""Exchange–correlation functionals in JAX: semilocal baselines, exact exchange and hybrids.
+
+Every functional is an `equinox.Module` whose parameters are trainable float leaves; the Fock
+contribution always comes from automatic differentiation of the energy.
+"""
+
+from ._base import AbstractFunctional, AbstractSemilocalFunctional, Scaled, SemilocalSum, Sum
+from ._registry import available, get_functional
+from .gga import B88Exchange, LYPCorrelation, PBECorrelation, PBEExchange
+from .hybrid import B3LYP, HF, PBE0, ExactExchange, exact_exchange_energy
+from .lda import PW92Correlation, SlaterExchange, VWN5Correlation, VWNRPACorrelation
+from .mgga import R2SCANCorrelation, R2SCANExchange
+
+__all__ = [
+    "AbstractFunctional",
+    "AbstractSemilocalFunctional",
+    "B3LYP",
+    "B88Exchange",
+    "ExactExchange",
+    "HF",
+    "LYPCorrelation",
+    "PBE0",
+    "PBECorrelation",
+    "PBEExchange",
+    "PW92Correlation",
+    "R2SCANCorrelation",
+    "R2SCANExchange",
+    "Scaled",
+    "SemilocalSum",
+    "SlaterExchange",
+    "Sum",
+    "VWN5Correlation",
+    "VWNRPACorrelation",
+    "available",
+    "exact_exchange_energy",
+    "get_functional",
+]

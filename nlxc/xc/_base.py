@@ -1,0 +1,143 @@
+"""Abstract exchange-correlation functionals and their composition."""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, ClassVar
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+if TYPE_CHECKING:
+    from ..grid import Density
+    from ..system import System
+
+
+class AbstractFunctional(eqx.Module):
+    """An exchange-correlation functional E_xc[P] (Hartree).
+
+    A functional receives the density features on the grid (see [`nlxc.Density`][]), the
+    spin-resolved density matrix and the [`nlxc.System`][] (grid weights and coordinates,
+    nuclei, density-fitting tensor), and returns a scalar energy in Hartree. The Fock-matrix
+    contribution is never written by hand: the SCF differentiates this energy with respect to
+    the density matrix by automatic differentiation.
+
+    Floating-point fields are ordinary pytree leaves, so every functional can be trained with
+    `eqx.filter_grad`. Functionals compose: `f + g` is a [`nlxc.xc.Sum`][] and `c * f` a
+    [`nlxc.xc.Scaled`][].
+    """
+
+    @abc.abstractmethod
+    def __call__(
+        self,
+        density: Density,
+        density_matrix: Float[Array, "2 nao nao"],
+        system: System,
+    ) -> Float[Array, ""]:
+        """Exchange-correlation energy in Hartree.
+
+        **Arguments:**
+
+        - `density`: density features on the grid, built from `density_matrix`.
+        - `density_matrix`: α and β density matrices in the AO basis, shape `(2, nao, nao)`.
+        - `system`: the molecule, its grid and its integrals.
+
+        **Returns:** a scalar, E_xc in Hartree.
+        """
+
+    def __add__(self, other: AbstractFunctional) -> Sum:
+        if not isinstance(other, AbstractFunctional):
+            return NotImplemented
+        return Sum((self, other))
+
+    def __mul__(self, coefficient) -> Scaled:
+        if isinstance(coefficient, AbstractFunctional):
+            return NotImplemented
+        return Scaled(jnp.asarray(coefficient, dtype=float), self)
+
+    __rmul__ = __mul__
+
+
+class AbstractSemilocalFunctional(AbstractFunctional):
+    """A semilocal functional: E_xc = ∫ e_xc(ρσ, σσσ', τσ) d³r on the molecular grid.
+
+    Subclasses implement [`energy_density`][nlxc.xc.AbstractSemilocalFunctional.energy_density],
+    the exchange-correlation energy per unit volume (Hartree / Bohr³; libxc's `zk` times the
+    total density), in spin-polarised form. Spin-unpolarised densities are the special case
+    ρα = ρβ = ρ/2, σαα = σαβ = σββ = σ/4, τα = τβ = τ/2.
+
+    `family` is one of `"lda"`, `"gga"`, `"mgga"` and tells which features are read.
+    """
+
+    family: ClassVar[str]
+
+    @abc.abstractmethod
+    def energy_density(
+        self,
+        rho: Float[Array, "2 ngrid"],
+        sigma: Float[Array, "3 ngrid"],
+        tau: Float[Array, "2 ngrid"],
+    ) -> Float[Array, " ngrid"]:
+        """Exchange-correlation energy per unit volume, e_xc (Hartree / Bohr³).
+
+        **Arguments:**
+
+        - `rho`: spin densities (ρα, ρβ), electrons / Bohr³, shape `(2, ngrid)`.
+        - `sigma`: gradient invariants (∇ρα·∇ρα, ∇ρα·∇ρβ, ∇ρβ·∇ρβ), shape `(3, ngrid)`; ignored
+          by LDAs.
+        - `tau`: kinetic-energy densities τσ = ½ Σᵢ |∇φᵢσ|² (libxc convention),
+          shape `(2, ngrid)`; read only by meta-GGAs.
+
+        **Returns:** e_xc with shape `(ngrid,)`; it is finite everywhere, zero where the density
+        is below the functional's density threshold, and has finite derivatives everywhere.
+        """
+
+    def __call__(self, density, density_matrix, system):
+        e = self.energy_density(density.rho, density.sigma, density.tau)
+        return jnp.sum(system.grid_weights * e)
+
+
+class Sum(AbstractFunctional):
+    """The sum of several functionals, E_xc = Σᵢ E_xc,i."""
+
+    terms: tuple[AbstractFunctional, ...]
+
+    def __call__(self, density, density_matrix, system):
+        return sum(t(density, density_matrix, system) for t in self.terms)
+
+    def __add__(self, other):
+        if not isinstance(other, AbstractFunctional):
+            return NotImplemented
+        if isinstance(other, Sum):
+            return Sum(self.terms + other.terms)
+        return Sum(self.terms + (other,))
+
+
+class Scaled(AbstractFunctional):
+    """A functional times a (trainable) coefficient, E_xc = c · E_xc,inner."""
+
+    coefficient: Float[Array, ""]
+    functional: AbstractFunctional
+
+    def __call__(self, density, density_matrix, system):
+        return self.coefficient * self.functional(density, density_matrix, system)
+
+
+class SemilocalSum(AbstractSemilocalFunctional):
+    """A linear combination Σᵢ cᵢ e_xc,i of semilocal functionals, itself semilocal.
+
+    Keeping a linear combination semilocal lets it be evaluated pointwise (e.g. against
+    libxc's `eval_xc` for a mixed functional such as `"0.08*SLATER + 0.72*B88"`).
+    """
+
+    coefficients: Float[Array, " nterm"] = eqx.field(converter=lambda c: jnp.asarray(c, dtype=float))
+    terms: tuple[AbstractSemilocalFunctional, ...] = ()
+
+    @property
+    def family(self) -> str:  # type: ignore[override]
+        order = ("lda", "gga", "mgga")
+        return max((t.family for t in self.terms), key=order.index)
+
+    def energy_density(self, rho, sigma, tau):
+        return sum(c * t.energy_density(rho, sigma, tau) for c, t in zip(self.coefficients, self.terms))

@@ -1,0 +1,83 @@
+"""The `nlxc scf` command line: output, JSON, and one-line errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from pyscf import dft
+
+from nlxc.cli import main
+
+WATER = "3\nwater\nO 0 0 0.1173\nH 0 0.7572 -0.4692\nH 0 -0.7572 -0.4692\n"
+
+
+@pytest.fixture
+def water(tmp_path):
+    path = tmp_path / "water.xyz"
+    path.write_text(WATER)
+    return str(path)
+
+
+def test_json_output_matches_pyscf(water, capsys):
+    code = main(["scf", water, "--xc", "pbe", "--basis", "sto-3g", "--grid-level", "1", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["converged"] and out["n_iterations"] > 0
+    assert set(out["components"]) >= {"one_electron", "coulomb", "xc", "nuclear_repulsion"}
+    mf = dft.RKS(__import__("pyscf").gto.M(atom=WATER.split("\n", 2)[2], basis="sto-3g", verbose=0), xc="pbe")
+    mf.grids.level = 1
+    mf = mf.density_fit(auxbasis=__import__("pyscf").df.make_auxbasis(mf.mol))
+    mf.conv_tol = 1e-11
+    assert abs(out["energy"] - mf.kernel()) < 1e-7
+    assert sum(out["components"].values()) == pytest.approx(out["energy"], abs=1e-10)
+
+
+def test_text_output_open_shell(tmp_path, capsys):
+    path = tmp_path / "oh.xyz"
+    path.write_text("2\n\nO 0 0 0\nH 0 0 0.97\n")
+    code = main(["scf", str(path), "--xc", "hf", "--basis", "sto-3g", "--spin", "1", "--grid-level", "0"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "UHF" in text and "total energy" in text and "converged" in text
+
+
+BAD = [
+    ("missing.xyz", [], "no such file"),
+    ("garbage", [], "not a valid XYZ"),
+    ("unknown_element", [], "unknown element"),
+    ("water", ["--basis", "nonsense-basis"], "unknown basis"),
+    ("water", ["--xc", "not-a-functional"], "unknown functional"),
+    ("water", ["--charge", "1"], "inconsistent"),
+    ("water", ["--spin", "2", "--charge", "1"], "inconsistent"),
+    ("close", [], "closer than 0.1"),
+    ("water", ["--grid-level", "12"], "grid level"),
+]
+
+
+@pytest.mark.parametrize("kind, extra, message", BAD)
+def test_bad_input_one_line_error(tmp_path, capsys, kind, extra, message):
+    files = {
+        "garbage": "this is not\nan xyz file\n",
+        "unknown_element": "2\n\nO 0 0 0\nQq 0 0 1\n",
+        "water": WATER,
+        "close": "2\n\nH 0 0 0\nH 0 0 0.05\n",
+    }
+    path = tmp_path / f"{kind}.xyz"
+    if kind in files:
+        path.write_text(files[kind])
+    code = main(["scf", str(path), "--basis", "sto-3g", "--grid-level", "0", *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_console_script_reports_error_without_traceback(tmp_path):
+    path = tmp_path / "bad.xyz"
+    path.write_text("2\n\nO 0 0 0\nQq 0 0 1\n")
+    proc = subprocess.run([sys.executable, "-m", "nlxc.cli", "scf", str(path)], capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("nlxc: error:") and "Traceback" not in proc.stderr

@@ -1,7 +1,23 @@
-"""Self-consistent field: the Kohn–Sham fixed point as a pure JAX function."""
+"""Self-consistent field: the Kohn–Sham fixed point as a pure, differentiable JAX function."""
 
+from ._aufbau import FermiDirac, density_from_fock, eigh, orbitals
 from ._energy import EnergyComponents, energy_and_fock, energy_components
+from .adjoint import ImplicitAdjoint, UnrolledAdjoint
 from .diis import DIIS
-from .solve import SCFResult, solve
+from .solve import SCFHistory, SCFResult, solve
 
-__all__ = ["DIIS", "EnergyComponents", "SCFResult", "energy_and_fock", "energy_components", "solve"]
+__all__ = [
+    "DIIS",
+    "EnergyComponents",
+    "FermiDirac",
+    "ImplicitAdjoint",
+    "SCFHistory",
+    "SCFResult",
+    "UnrolledAdjoint",
+    "density_from_fock",
+    "eigh",
+    "energy_and_fock",
+    "energy_components",
+    "orbitals",
+    "solve",
+]

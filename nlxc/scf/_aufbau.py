@@ -1,7 +1,28 @@
-"""From a Fock matrix to orbitals and an aufbau density matrix (private)."""
+"""From a Fock matrix to orbitals and a density matrix, with exact, degeneracy-safe derivatives.
+
+`jnp.linalg.eigh`'s derivative divides by differences of eigenvalues, which is infinite for the
+degenerate orbitals of N2, CH4, benzene or atoms. Two things here avoid that without biasing
+anything:
+
+- the density matrix D(F) = Σᵢ nᵢ cᵢcᵢᵀ gets its own JVP from first-order perturbation theory
+  of the occupied projector, dP = C (W ∘ Cᵀ dF C) Cᵀ with W_pq = (n_p − n_q)/(ε_p − ε_q). Pairs of
+  equal occupation (occupied–occupied, virtual–virtual, degenerate or not) have W = 0 exactly,
+  so only occupied–virtual pairs enter, and those are separated by the gap. With Fermi–Dirac
+  occupations, W_pq is the divided difference of the occupation function, whose limit for
+  ε_p → ε_q is the derivative f'(ε) (finite), plus the change of the chemical potential that
+  keeps the electron count fixed.
+- orbital energies and coefficients come from an `eigh` whose JVP gives dε_p = (Cᵀ dF C)_pp and
+  drops the (arbitrary) rotations within degenerate subspaces.
+
+Reference for the perturbation formulas: e.g. R. M. Martin, *Electronic Structure*, appendix on
+response functions; the occupied-projector form is the standard coupled-perturbed KS expression
+(Pople, Krishnan, Schlegel, Binkley, Int. J. Quantum Chem. 16 (S13), 225 (1979),
+doi:10.1002/qua.560160825).
+"""
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -11,6 +32,126 @@ from ..system import System
 # Orbitals made of padded basis functions (zero columns of the orthogonaliser) get this orbital
 # energy (Hartree), far above any occupied orbital, so that the aufbau never occupies them.
 PADDED_ORBITAL_ENERGY = 1.0e3
+# Eigenvalue differences below this (Hartree) count as degenerate in the eigenvector derivative.
+DEGENERACY_THRESHOLD = 1e-10
+
+
+class FermiDirac(eqx.Module):
+    """Fractional occupations nᵢ = 1 / (1 + exp((εᵢ − μ)/width)), with μ fixed by Σᵢ nᵢ = Nσ.
+
+    `width` (Hartree) is the smearing kT. Useful for small-gap systems; the density matrix and
+    its derivatives stay finite and exact for any orbital degeneracy.
+    """
+
+    width: float = 0.01
+
+
+def _safe_divided(num, den):
+    ok = num != 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+
+@jax.custom_jvp
+def eigh(matrix: Float[Array, "n n"]) -> tuple[Float[Array, " n"], Float[Array, "n n"]]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix, with a derivative that is
+    exact for eigenvalues and finite for eigenvectors at degeneracies (rotations inside a
+    degenerate subspace, which are arbitrary, are set to zero)."""
+    e, c = jnp.linalg.eigh(matrix)
+    return e, c
+
+
+@eigh.defjvp
+def _eigh_jvp(primals, tangents):
+    (a,), (da,) = primals, tangents
+    e, c = jnp.linalg.eigh(a)
+    dm = c.T @ (0.5 * (da + da.T)) @ c
+    gap = e[None, :] - e[:, None]
+    inv = jnp.where(jnp.abs(gap) > DEGENERACY_THRESHOLD, 1.0 / jnp.where(gap == 0, 1.0, gap), 0.0)
+    return (e, c), (jnp.diagonal(dm), c @ (inv * dm))
+
+
+def _fermi(e, mu, width):
+    return jax.nn.sigmoid(-(e - mu) / width)
+
+
+def _chemical_potential(e, n, width):
+    """μ with Σᵢ f((εᵢ − μ)/width) = n, by bisection (float64-exact after 200 halvings)."""
+    lo = jnp.min(e) - 50.0 * width - 1.0
+    hi = jnp.max(e) + 50.0 * width + 1.0
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        too_many = jnp.sum(_fermi(e, mid, width)) > n
+        return jnp.where(too_many, lo, mid), jnp.where(too_many, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, 200, body, (lo, hi))
+    return 0.5 * (lo + hi)
+
+
+def _occupations(e, n_electrons, width):
+    """Aufbau (width None: the n lowest, eigh sorts ascending) or Fermi–Dirac occupations.
+
+    Padded orbitals sit at PADDED_ORBITAL_ENERGY, so neither scheme ever occupies them."""
+    if width is None:
+        return (jnp.arange(e.shape[0]) < n_electrons).astype(e.dtype)
+    return _fermi(e, _chemical_potential(e, n_electrons, width), width)
+
+
+def _make_projector(width):
+    @jax.custom_jvp
+    def projector(fock_orth, n_electrons):
+        e, c = jnp.linalg.eigh(fock_orth)
+        return (c * _occupations(e, n_electrons, width)) @ c.T
+
+    @projector.defjvp
+    def projector_jvp(primals, tangents):
+        fock_orth, n_electrons = primals
+        dfock = tangents[0]
+        e, c = jnp.linalg.eigh(fock_orth)
+        occ = _occupations(e, n_electrons, width)
+        p = (c * occ) @ c.T
+        dm = c.T @ (0.5 * (dfock + dfock.T)) @ c
+        gap = e[:, None] - e[None, :]
+        docc = occ[:, None] - occ[None, :]
+        if width is None:
+            # W_pq = (n_p − n_q)/(ε_p − ε_q): zero for equal occupations, finite across the gap
+            dp_mo = _safe_divided(docc, gap) * dm
+        else:
+            # divided difference of f; for (near-)degenerate pairs its limit f'(ε) = −f(1−f)/kT
+            near = jnp.abs(gap) < 1e-8
+            occ_mid = 0.5 * (occ[:, None] + occ[None, :])
+            w = jnp.where(near, -occ_mid * (1.0 - occ_mid) / width, docc / jnp.where(near, 1.0, gap))
+            fprime = -occ * (1.0 - occ) / width
+            # the chemical potential moves to keep Σ nᵢ fixed: dμ = Σ f'ᵢ dεᵢ / Σ f'ᵢ
+            dmu = _safe_divided(jnp.sum(fprime * jnp.diagonal(dm)), jnp.sum(fprime))
+            dp_mo = w * dm - dmu * jnp.diag(fprime)
+        return p, c @ dp_mo @ c.T
+
+    return projector
+
+
+_AUFBAU_PROJECTOR = _make_projector(None)
+_FERMI_PROJECTORS: dict[float, object] = {}
+
+
+def _projector_for(smearing):
+    if smearing is None:
+        return _AUFBAU_PROJECTOR
+    width = float(smearing.width)
+    if width not in _FERMI_PROJECTORS:
+        _FERMI_PROJECTORS[width] = _make_projector(width)
+    return _FERMI_PROJECTORS[width]
+
+
+def _orthogonal_fock(fock, system):
+    """Xᵀ F X per spin (spin-averaged for restricted systems), padded orbitals shifted up."""
+    x = system.orthogonalizer
+    padded = jnp.sum(x * x, axis=0) == 0
+    shift = jnp.diag(jnp.where(padded, PADDED_ORBITAL_ENERGY, 0.0))
+    if system.restricted:
+        fock = jnp.broadcast_to(0.5 * (fock[0] + fock[1]), fock.shape)
+    return jnp.einsum("mi,smn,nj->sij", x, fock, x) + shift
 
 
 def orbitals(
@@ -18,33 +159,44 @@ def orbitals(
 ) -> tuple[Float[Array, "2 nmo"], Float[Array, "2 nao nmo"]]:
     """Solve F C = S C ε by canonical orthogonalisation, for α and β.
 
-    Restricted systems diagonalise the spin-averaged Fock matrix once; both spin channels then
-    share orbitals. Returns orbital energies `(2, nmo)` (Hartree, ascending) and coefficients
-    `(2, nao, nmo)`.
+    Restricted systems use the spin-averaged Fock matrix for both channels. Returns orbital
+    energies `(2, nmo)` (Hartree, ascending) and coefficients `(2, nao, nmo)`. Orbitals of padded
+    basis functions (see `nlxc.pad_system`) get energy `PADDED_ORBITAL_ENERGY` and zero
+    coefficients. Derivatives are degeneracy-safe (see the module docstring).
     """
+    e, c = jax.vmap(eigh)(_orthogonal_fock(fock, system))
+    return e, jnp.einsum("mi,sij->smj", system.orthogonalizer, c)
+
+
+def density_from_fock(
+    fock: Float[Array, "2 nao nao"], system: System, smearing: FermiDirac | None = None
+) -> Float[Array, "2 nao nao"]:
+    """The α/β density matrices built from the Fock matrices, `(2, nao, nao)`.
+
+    Aufbau occupations (`smearing=None`) fill the n_α and n_β lowest orbitals; `FermiDirac`
+    smears them. The derivative with respect to the Fock matrix is exact and finite for any
+    degeneracy among occupied or among virtual orbitals (only occupied–virtual pairs couple).
+    """
+    f_orth = _orthogonal_fock(fock, system)
+    n = system.n_electrons.astype(f_orth.dtype)
+    p_orth = jax.vmap(_projector_for(smearing))(f_orth, n)
     x = system.orthogonalizer
+    return jnp.einsum("mi,sij,nj->smn", x, p_orth, x)
 
-    def diagonalise(f):
-        e, c = jnp.linalg.eigh(x.T @ f @ x)
-        return e, x @ c
 
-    if system.restricted:
-        e, c = diagonalise(0.5 * (fock[0] + fock[1]))
-        return jnp.stack([e, e]), jnp.stack([c, c])
-    return jax.vmap(diagonalise)(fock)
+def occupations_of(
+    orbital_energies: Float[Array, "2 nmo"], system: System, smearing: FermiDirac | None = None
+) -> Float[Array, "2 nmo"]:
+    """Occupation numbers `(2, nmo)` for the given orbital energies (aufbau or Fermi–Dirac)."""
+    width = None if smearing is None else float(smearing.width)
+    n = system.n_electrons.astype(orbital_energies.dtype)
+    return jax.vmap(lambda e, k: _occupations(e, k, width))(orbital_energies, n)
 
 
 def aufbau_occupations(system: System) -> Float[Array, "2 nmo"]:
     """Occupations (0 or 1) filling the n_α and n_β lowest orbitals, `(2, nmo)`."""
     index = jnp.arange(system.nmo)
     return (index[None, :] < system.n_electrons[:, None]).astype(float)
-
-
-def density_matrix(
-    coefficients: Float[Array, "2 nao nmo"], occupations: Float[Array, "2 nmo"]
-) -> Float[Array, "2 nao nao"]:
-    """Pσ = Σᵢ nσᵢ Cσ_μi Cσ_νi, `(2, nao, nao)`."""
-    return jnp.einsum("smi,si,sni->smn", coefficients, occupations, coefficients)
 
 
 def level_shifted(

@@ -38,7 +38,7 @@ class DIIS(optx.AbstractFixedPointSolver):
     moving the fixed point. Other fixed-point maps ignore it.
 
     Convergence: the solve stops when `norm(g(y) − y) < atol + rtol·|g(y)|` (elementwise scale,
-    optimistix's convention). A non-finite residual stops the solve with a failure result, so a
+    optimistix's convention), and then returns g(y) (for the SCF an idempotent density matrix). A non-finite residual stops the solve with a failure result, so a
     NaN never escapes as a converged answer.
 
     **Arguments:** `rtol`, `atol`, `norm` (default `optimistix.max_norm`), `history_size`
@@ -55,7 +55,7 @@ class DIIS(optx.AbstractFixedPointSolver):
     def init(self, fn, y, args, options, f_struct, aux_struct, tags):
         flat, _ = ravel_pytree(y)
         zeros = jnp.zeros((self.history_size, flat.size), flat.dtype)
-        return _DIISState(zeros, zeros, jnp.array(0), jnp.array(jnp.inf), jnp.array(True))
+        return _DIISState(zeros, zeros, jnp.array(0), jnp.array(jnp.inf, dtype=flat.dtype), jnp.array(True))
 
     def step(self, fn, y, args, options, state, tags):
         g, aux = fn(y, args)
@@ -77,7 +77,10 @@ class DIIS(optx.AbstractFixedPointSolver):
         a = jnp.zeros((m + 1, m + 1), b.dtype)
         a = a.at[:m, :m].set(b).at[m, :m].set(border).at[:m, m].set(border)
         rhs = jnp.zeros(m + 1, b.dtype).at[m].set(1.0)
-        coeffs = jnp.linalg.lstsq(a, rhs)[0][:m]
+        # A tiny Tikhonov term keeps the bordered system regular (and its derivative finite,
+        # which unrolled differentiation needs) when the residuals become nearly collinear.
+        a = a.at[:m, :m].add(1e-12 * jnp.eye(m))
+        coeffs = jnp.linalg.solve(a, rhs)[:m]
         coeffs = jnp.where(valid, coeffs, 0.0)
         extrapolated = coeffs @ (outputs - self.damping * residuals)
         fallback = flat_g - self.damping * r
@@ -88,6 +91,9 @@ class DIIS(optx.AbstractFixedPointSolver):
             scale_y = self.atol + self.rtol * jnp.abs(flat_g)
             error = self.norm(unravel(r / scale_y))
         finite = jnp.all(jnp.isfinite(r))
+        # On the converging step return g(y) itself rather than an extrapolation: for the SCF it
+        # is an idempotent aufbau density matrix, whose energy is variational (quadratic error).
+        new_flat = jnp.where(error < 1, flat_g, new_flat)
         new_state = _DIISState(outputs, residuals, state.count + 1, error, finite)
         return unravel(new_flat), new_state, aux
 

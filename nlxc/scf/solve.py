@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int
 
 from ..system import System
 from ..xc._base import AbstractFunctional
-from ._aufbau import aufbau_occupations, density_matrix, level_shifted, orbitals
+
+from ._aufbau import FermiDirac, density_from_fock, level_shifted, occupations_of, orbitals
 from ._energy import EnergyComponents, energy_and_fock
+from .adjoint import ImplicitAdjoint, UnrolledAdjoint
 from .diis import DIIS
+
+
+class SCFHistory(eqx.Module):
+    """Per-iteration record of an unrolled SCF (`UnrolledAdjoint`).
+
+    - `energies`: total energy of the input density of each iteration, `(max_steps,)`, Hartree.
+    - `density_matrices`: the input density matrices, `(max_steps, 2, nao, nao)`, or `None`.
+    """
+
+    energies: Float[Array, " steps"]
+    density_matrices: Float[Array, "steps 2 nao nao"] | None
 
 
 class SCFResult(eqx.Module):
@@ -27,6 +41,7 @@ class SCFResult(eqx.Module):
     - `n_iterations`: number of Fock builds in the fixed-point solve (integer scalar).
     - `converged`: whether the solve met its tolerance with finite numbers (boolean scalar).
     - `result`: optimistix's `RESULTS` code; `optimistix.RESULTS[result]` reads it.
+    - `history`: an [`SCFHistory`][nlxc.scf.SCFHistory] for unrolled solves, else `None`.
 
     Arrays gain a leading batch axis under `jax.vmap`.
     """
@@ -41,6 +56,7 @@ class SCFResult(eqx.Module):
     n_iterations: Int[Array, ""]
     converged: Bool[Array, ""]
     result: optx.RESULTS
+    history: SCFHistory | None = None
 
 
 class SCFNotConvergedError(RuntimeError):
@@ -49,12 +65,27 @@ class SCFNotConvergedError(RuntimeError):
 
 def _scf_map(density, args):
     """One Kohn–Sham step P ↦ D(F(P)), with the energy of P as auxiliary output."""
-    functional, system, shift = args
+    functional, system, shift, smearing = args
     components, fock = energy_and_fock(functional, system, density)
     fock = level_shifted(fock, density, system, shift)
-    _, coefficients = orbitals(fock, system)
-    new_density = density_matrix(coefficients, aufbau_occupations(system))
-    return new_density, components.total
+    return density_from_fock(fock, system, smearing), components.total
+
+
+def _unrolled(solver, p0, args, steps, adjoint):
+    struct = jax.eval_shape(_scf_map, p0, args)
+    state = solver.init(_scf_map, p0, args, {}, struct[0], struct[1], frozenset())
+
+    def body(carry, _):
+        y, state = carry
+        new_y, new_state, energy = solver.step(_scf_map, y, args, {}, state, frozenset())
+        return (new_y, new_state), (energy, y if adjoint.densities else None)
+
+    if adjoint.checkpoint:
+        body = jax.checkpoint(body)
+    (p, state), (energies, densities) = jax.lax.scan(body, (p0, state), None, length=steps)
+    done, result = solver.terminate(_scf_map, p, args, {}, state, frozenset())
+    result = optx.RESULTS.where(done, result, optx.RESULTS.nonlinear_max_steps_reached)
+    return p, result, jnp.asarray(steps), SCFHistory(energies, densities)
 
 
 @eqx.filter_jit
@@ -65,7 +96,8 @@ def solve(
     *,
     initial_density_matrix: Float[Array, "2 nao nao"] | None = None,
     max_steps: int = 128,
-    adjoint: optx.AbstractAdjoint = optx.ImplicitAdjoint(),
+    adjoint: optx.AbstractAdjoint | UnrolledAdjoint = ImplicitAdjoint(),
+    smearing: FermiDirac | None = None,
     throw: bool = False,
 ) -> SCFResult:
     """Solve the Kohn–Sham equations for `system` with the exchange–correlation `functional`.
@@ -85,8 +117,13 @@ def solve(
       attribute (as `DIIS` does), the virtual orbitals are shifted by that much (Hartree)
       while iterating.
     - `initial_density_matrix`: `(2, nao, nao)`; default `system.initial_density_matrix`.
-    - `max_steps`: the most Fock builds allowed.
-    - `adjoint`: how to differentiate through the solve (optimistix adjoint module).
+    - `max_steps`: the most Fock builds allowed (exactly this many with `UnrolledAdjoint`).
+    - `adjoint`: how to differentiate through the solve: [`nlxc.scf.ImplicitAdjoint`][]
+      (default; implicit function theorem with matrix-free GMRES), [`nlxc.scf.UnrolledAdjoint`][]
+      (backpropagation through the iterations, checkpointed, with the iterate history), or any
+      optimistix adjoint (e.g. `optimistix.RecursiveCheckpointAdjoint()`).
+    - `smearing`: `None` for aufbau occupations, or [`nlxc.scf.FermiDirac`][] for fractional
+      occupations.
     - `throw`: if `True`, a non-converged or non-finite SCF raises an error (at run time, via
       `equinox.error_if`); if `False` (default) it is reported in `SCFResult.converged`.
 
@@ -94,21 +131,19 @@ def solve(
     """
     p0 = system.initial_density_matrix if initial_density_matrix is None else initial_density_matrix
     shift = jnp.asarray(getattr(solver, "level_shift", 0.0), dtype=p0.dtype)
-    solution = optx.fixed_point(
-        _scf_map,
-        solver,
-        p0,
-        args=(functional, system, shift),
-        has_aux=True,
-        max_steps=max_steps,
-        adjoint=adjoint,
-        throw=False,
-    )
-    p = solution.value
+    args = (functional, system, shift, smearing)
+    if isinstance(adjoint, UnrolledAdjoint):
+        p, result, n_iterations, history = _unrolled(solver, p0, args, max_steps, adjoint)
+    else:
+        solution = optx.fixed_point(
+            _scf_map, solver, p0, args=args, has_aux=True, max_steps=max_steps, adjoint=adjoint,
+            throw=False,
+        )
+        p, result, n_iterations, history = solution.value, solution.result, solution.stats["num_steps"], None
     components, fock = energy_and_fock(functional, system, p)
     energies, coefficients = orbitals(fock, system)
     energy = components.total
-    converged = (solution.result == optx.RESULTS.successful) & jnp.isfinite(energy)
+    converged = (result == optx.RESULTS.successful) & jnp.isfinite(energy)
     if throw:
         energy = eqx.error_if(
             energy,
@@ -123,8 +158,9 @@ def solve(
         fock_matrix=fock,
         orbital_coefficients=coefficients,
         orbital_energies=energies,
-        occupations=aufbau_occupations(system),
-        n_iterations=solution.stats["num_steps"],
+        occupations=occupations_of(energies, system, smearing),
+        n_iterations=n_iterations,
         converged=converged,
-        result=solution.result,
+        result=result,
+        history=history,
     )

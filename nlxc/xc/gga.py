@@ -57,7 +57,7 @@ def _exchange_channels(rho, sigma, threshold):
     for r, s in ((v.rho_a, saa), (v.rho_b, sbb)):
         active = v.mask & (r > threshold)
         out.append((active, jnp.where(active, r, 1.0), jnp.where(active, s, 1.0)))
-    return out, v.n_in / v.n
+    return out, v.ratio
 
 
 class B88Exchange(AbstractSemilocalFunctional):
@@ -67,12 +67,13 @@ class B88Exchange(AbstractSemilocalFunctional):
 
     e_x = Σσ [ −C_x ρσ^{4/3} − β ρσ^{4/3} xσ² / (1 + γ β xσ asinh xσ) ]   (Hartree / Bohr³),
 
-    with xσ = |∇ρσ| / ρσ^{4/3} (Bohr^{-1}·Bohr^{4}… dimensionless in atomic units) and
-    C_x = (3/4)(6/π)^{1/3} the spin-resolved Slater constant.
+    with xσ = |∇ρσ| / ρσ^{4/3} (dimensionless) and C_x = (3/4)(6/π)^{1/3} the spin-resolved
+    Slater constant.
 
     **Parameters:**
 
-    - `beta`: β = 0.0042 Hartree (Becke's fit to the Hartree–Fock exchange of noble-gas atoms).
+    - `beta`: β = 0.0042 (atomic units; Becke's fit to the Hartree–Fock exchange energies of
+      the noble-gas atoms).
     - `gamma`: γ = 6, the coefficient of the asinh term (fixing the −1/r tail of the
       exchange-energy density).
 
@@ -157,7 +158,10 @@ class PBECorrelation(AbstractSemilocalFunctional):
     with φ = [(1+ζ)^{2/3} + (1−ζ)^{2/3}]/2, t = |∇n| / (2 φ k_s n), k_s = (4 k_F/π)^{1/2},
     k_F = (3π²n)^{1/3}. ε_c^PW92 is Perdew–Wang 1992 with libxc's LDA_C_PW_MOD parameters
     (fz20 = 1.709920934161365617563962776245), held in the trainable submodule `pw`. Energies in
-    Hartree / Bohr³.
+    Hartree / Bohr³. The sum ε_PW + H is evaluated in the algebraically equivalent form
+    γφ³ ln[1 + (e^{−y} − 1)/(1 + A t²(1 + A t²))], y = −ε_PW/(γφ³), which has no cancellation in
+    the low-density, large-gradient tails where H → −ε_PW (there libxc's value loses up to ~3
+    digits; nlxc's agrees with a 40-digit evaluation to ~1e-14).
 
     **Parameters:**
 
@@ -219,8 +223,13 @@ class LYPCorrelation(AbstractSemilocalFunctional):
 
     **Parameters** (the Colle–Salvetti constants):
 
-    - `a` = 0.04918, `b` = 0.132 (Hartree·Bohr² units of the kinetic-energy term),
-      `c` = 0.2533 and `d` = 0.349 (Bohr, length scales of the correlation hole).
+    - `a` = 0.04918 and `b` = 0.132 (atomic units): the amplitude of the correlation energy and
+      the coefficient of its kinetic-energy (gradient) correction;
+    - `c` = 0.2533 and `d` = 0.349 (Bohr): the decay lengths of the Colle–Salvetti correlation
+      factor, entering through c n^{-1/3} and d n^{-1/3}.
+
+    The gradient terms are regrouped so that nothing cancels as ζ → ±1 (libxc's form, written in
+    1 − ζ² with ζ formed by subtraction, loses digits there).
 
     Points with ρα + ρβ < 1e-14 give zero (libxc's density threshold for GGA_C_LYP).
     """
@@ -264,4 +273,4 @@ class LYPCorrelation(AbstractSemilocalFunctional):
             - rb * rb * saa
         )
         e = -4.0 * self.a * rab / (n * den) - self.a * self.b * omega * bracket
-        return jnp.where(mask, e * (v.n_in / n), 0.0)
+        return jnp.where(mask, e * v.ratio, 0.0)

@@ -1,10 +1,11 @@
 """Local (spin-)density approximations: Slater exchange, VWN and PW92 correlation.
 
 All functionals here are spin-polarised, implemented in JAX and validated against libxc 7
-(energies and first derivatives, relative error ≤ 1e-10 wherever ρσ ≥ 1e-10). Derivatives are
-never written by hand: the potentials come from automatic differentiation.
+(tests/test_xc_semilocal.py: energies and first derivatives to 1e-10 relative wherever every
+ρσ ≥ 1e-10). Derivatives are never written by hand: the potentials come from automatic
+differentiation.
 
-Reusable pieces (imported by the GGAs and meta-GGAs):
+Reusable pieces (imported by the GGAs; meta-GGAs may import them too):
 
 - [`pw92_correlation_per_particle`][nlxc.xc.lda.pw92_correlation_per_particle]`(rs, zeta,
   params=PW92_MOD_PARAMS)`: the Perdew–Wang 1992 correlation energy per particle ε_c(r_s, ζ)
@@ -13,16 +14,20 @@ Reusable pieces (imported by the GGAs and meta-GGAs):
   fz20 = 1.709920934161365617563962776245), which is what libxc's PBE, SCAN and r²SCAN
   correlations use. Any [`PW92Params`][nlxc.xc.lda.PW92Params] (e.g. the trainable fields of a
   [`PW92Correlation`][nlxc.xc.lda.PW92Correlation], see its `params` property) is accepted.
+  [`PW92Correlation.per_particle`][nlxc.xc.lda.PW92Correlation.per_particle] takes 1 ± ζ as well,
+  for callers that know them more accurately than 1 ± ζ formed from ζ.
 - [`spin_variables`][nlxc.xc.lda.spin_variables]`(rho, threshold)`: libxc's density screening
-  and clamping, returning (mask, ρα, ρβ, n, r_s, ζ, 1+ζ, 1−ζ) with safe values on screened points.
+  and clamping, returning a [`SpinVariables`][nlxc.xc.lda.SpinVariables] (mask, clamped ρα, ρβ,
+  n, unclamped n, r_s, ζ, 1+ζ, 1−ζ) with safe values on screened points.
 - [`f_zeta`][nlxc.xc.lda.f_zeta]`(opz, omz)`: the spin-interpolation function
   f(ζ) = [(1+ζ)^{4/3} + (1−ζ)^{4/3} − 2] / (2^{4/3} − 2).
 
 Thresholds follow libxc 7's `work_lda`/`work_gga`: a point is skipped (e_xc = 0) when
-ρα + ρβ < `dens_threshold`; otherwise each ρσ is raised to at least `dens_threshold`, and powers
-of 1 ± ζ are taken of max(1 ± ζ, ε_machine). Exchange channels with ρσ ≤ `dens_threshold` are
-dropped. Units: Hartree and Bohr throughout; energy densities are per unit volume
-(Hartree / Bohr³), i.e. libxc's `zk` times ρα + ρβ.
+ρα + ρβ < `dens_threshold` (each functional's libxc value: 1e-15 here); otherwise each ρσ is
+raised to at least `dens_threshold`, and powers of 1 ± ζ are taken of max(1 ± ζ, ε_machine).
+Exchange channels with ρσ ≤ `dens_threshold` are dropped. As in PySCF, the energy density is the
+per-particle energy of the clamped density times the *unclamped* ρα + ρβ. Units: Hartree and Bohr
+throughout; energy densities are per unit volume (Hartree / Bohr³), i.e. libxc's `zk` × (ρα + ρβ).
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ from __future__ import annotations
 import math
 from typing import ClassVar, NamedTuple
 
-import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -76,6 +80,7 @@ class SpinVariables(NamedTuple):
     zeta: Array  # (rho_a − rho_b)/n
     opz: Array  # max(2 rho_a/n, ε_machine) = 1 + ζ
     omz: Array  # max(2 rho_b/n, ε_machine) = 1 − ζ
+    ratio: Array  # n_in / n where a channel was clamped, exactly 1 (no gradient) elsewhere
 
 
 def spin_variables(rho: Float[Array, "2 ngrid"], threshold: float = DENS_THRESHOLD) -> SpinVariables:
@@ -91,13 +96,15 @@ def spin_variables(rho: Float[Array, "2 ngrid"], threshold: float = DENS_THRESHO
     `n_in * eps`, so that energies agree with PySCF/libxc even where a channel is clamped.
 
     **Returns:** a [`SpinVariables`][nlxc.xc.lda.SpinVariables] `(mask, rho_a, rho_b, n, n_in,
-    rs, zeta, opz, omz)`, with n = ρ̃α + ρ̃β, r_s = (3/(4πn))^{1/3}, ζ = (ρ̃α − ρ̃β)/n, and
+    rs, zeta, opz, omz, ratio)` (ratio = n_in/n, for functionals that build e rather than ε),
+    with n = ρ̃α + ρ̃β, r_s = (3/(4πn))^{1/3}, ζ = (ρ̃α − ρ̃β)/n, and
     opz = 1 + ζ, omz = 1 − ζ computed as 2ρ̃σ/n (exact even when ζ ≈ ±1, unlike 1 ± ζ formed
     by subtraction) and clamped below by libxc's ζ threshold ε_machine.
     """
     rho_a, rho_b = rho[0], rho[1]
     n_in = rho_a + rho_b
     mask = n_in >= threshold
+    clamped = (rho_a < threshold) | (rho_b < threshold)
     n_in = jnp.where(mask, n_in, 1.0)
     rho_a = jnp.where(mask, jnp.maximum(rho_a, threshold), 1.0)
     rho_b = jnp.where(mask, jnp.maximum(rho_b, threshold), 1.0)
@@ -106,7 +113,10 @@ def spin_variables(rho: Float[Array, "2 ngrid"], threshold: float = DENS_THRESHO
     zeta = (rho_a - rho_b) / n
     opz = jnp.maximum(2.0 * rho_a / n, ZETA_THRESHOLD)
     omz = jnp.maximum(2.0 * rho_b / n, ZETA_THRESHOLD)
-    return SpinVariables(mask, rho_a, rho_b, n, n_in, rs, zeta, opz, omz)
+    # n_in/n is 1 unless a channel was clamped; the where keeps the rounding noise of the
+    # derivative of n/n (~ε/n, which would swamp a minority-spin potential) out of unclamped points
+    ratio = jnp.where(clamped, n_in / n, 1.0)
+    return SpinVariables(mask, rho_a, rho_b, n, n_in, rs, zeta, opz, omz, ratio)
 
 
 def f_zeta(opz: Float[Array, "*shape"], omz: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
@@ -136,8 +146,8 @@ class SlaterExchange(AbstractSemilocalFunctional):
 
     **Parameters:**
 
-    - `alpha`: overall scale of the exchange (1 for Slater/Dirac exchange, libxc's `alpha`;
-      2/3·1.5 = 1 … Xα methods use other values).
+    - `alpha`: overall scale of the exchange (dimensionless; 1 for Dirac exchange, libxc's
+      `alpha` parameter of LDA_X).
 
     Channels with ρσ ≤ `dens_threshold` = 1e-15 contribute nothing (as in libxc).
     """
@@ -159,7 +169,7 @@ class SlaterExchange(AbstractSemilocalFunctional):
             active = v.mask & (r > self.dens_threshold)
             r = jnp.where(active, r, 1.0)
             e = e + jnp.where(active, -X_FACTOR_C * r ** (4.0 / 3.0), 0.0)
-        return self.alpha * e * (v.n_in / v.n)
+        return self.alpha * e * v.ratio
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,7 +230,8 @@ class VWN5Correlation(AbstractSemilocalFunctional):
         tau: Float[Array, "2 ngrid"],
     ) -> Float[Array, " ngrid"]:
         v = spin_variables(rho, self.dens_threshold)
-        e_p, e_f, a_c = (_vwn_aux(self.A[i], self.b[i], self.c[i], self.x0[i], v.rs) for i in range(3))
+        # the three fits at once: parameters (3, 1) against r_s (1, ngrid)
+        e_p, e_f, a_c = _vwn_aux(*(p[:, None] for p in (self.A, self.b, self.c, self.x0)), v.rs[None])
         fz = f_zeta(v.opz, v.omz)
         z4 = v.zeta**4
         eps = e_p + a_c * fz * (1.0 - z4) / _VWN_FPP + (e_f - e_p) * fz * z4
@@ -260,7 +271,7 @@ class VWNRPACorrelation(AbstractSemilocalFunctional):
         tau: Float[Array, "2 ngrid"],
     ) -> Float[Array, " ngrid"]:
         v = spin_variables(rho, self.dens_threshold)
-        e_p, e_f = (_vwn_aux(self.A[i], self.b[i], self.c[i], self.x0[i], v.rs) for i in range(2))
+        e_p, e_f = _vwn_aux(*(p[:, None] for p in (self.A, self.b, self.c, self.x0)), v.rs[None])
         fz = f_zeta(v.opz, v.omz)
         return jnp.where(v.mask, v.n_in * (e_p * (1.0 - fz) + e_f * fz), 0.0)
 
@@ -314,12 +325,12 @@ def _pw92_g(rs, a, alpha1, beta1, beta2, beta3, beta4):
 
 def _pw92_eps(rs, zeta, fz, params: PW92Params):
     """ε_c^PW92 given r_s, ζ and a precomputed f(ζ)."""
-    g = [
-        _pw92_g(rs, *(jnp.asarray(p)[i] for p in params[:6]))
-        for i in range(3)
-    ]
+    rs = jnp.asarray(rs)
+    # the three fits at once: parameters (3, 1, …) against r_s (1, …)
+    fits = (jnp.reshape(jnp.asarray(p, dtype=float), (3,) + (1,) * rs.ndim) for p in params[:6])
+    g0, g1, g2 = _pw92_g(rs[None], *fits)
     z4 = zeta**4
-    return g[0] + z4 * fz * (g[1] - g[0] + g[2] / params.fz20) - fz * g[2] / params.fz20
+    return g0 + z4 * fz * (g1 - g0 + g2 / params.fz20) - fz * g2 / params.fz20
 
 
 def pw92_correlation_per_particle(

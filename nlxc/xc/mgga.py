@@ -1,23 +1,28 @@
 """Meta-GGA functionals: r2SCAN and SCAN exchange and correlation.
 
 All energies are in Hartree, lengths in Bohr; `energy_density` returns the energy per unit volume
-(libxc's `zk` times the total density). The implementations follow libxc 7.0's Maple sources
-(`maple/mgga_exc/mgga_x_r2scan.mpl`, `mgga_c_r2scan.mpl` and the SCAN/rSCAN files they include)
-closely enough to agree with `pyscf.dft.libxc.eval_xc` to ~1e-12 relative in the energy density
-and its first derivatives, including libxc's input sanitation (see `_libxc_inputs`).
+(libxc's `zk` times the total density). The formulas and constants follow libxc 7.0's Maple
+sources (`maple/mgga_exc/mgga_x_r2scan.mpl`, `mgga_c_r2scan.mpl`, `mgga_x_scan.mpl`,
+`mgga_c_scan.mpl` and the rSCAN/PBE/PW92 files they include), and agree with
+`pyscf.dft.libxc.eval_xc` to ~1e-11 relative in e_xc and its first derivatives (see
+`tests/test_xc_mgga.py` for the exact criterion), including libxc's input sanitation:
 
-Numerical conventions borrowed from libxc (`work_mgga_inc.c`), applied per grid point:
-
-- points whose total density is below the functional's density threshold give exactly zero;
+- points whose total density is below the functional's density threshold give exactly zero, and
+  (exchange) so does a spin channel with ρσ below it;
 - ρσ is floored at the density threshold, τσ at 1e-20 and σσσ at (threshold^{4/3})²;
-- σσσ is capped at 8 ρσ τσ (Fermi-hole-curvature enforcement: α ≥ 0 per spin);
+- σσσ is capped at 8 ρσ τσ (Fermi-hole-curvature enforcement: τσ ≥ τ_W,σ);
 - σαβ is clipped to ±(σαα + σββ)/2.
 
 libxc returns the derivatives *at the sanitised point* and does not differentiate the clamps;
 we do the same with a straight-through clamp (the value is clamped, the derivative passes through
 as identity), so that potentials agree with libxc even where a clamp is active. All arithmetic
 runs on floored, strictly positive inputs and results are selected with `jnp.where`, so values
-and reverse-mode derivatives are finite everywhere (ρ = 0, σ = 0, τ = τ_W, ζ = ±1, α = 0 or 2.5).
+and reverse-mode derivatives are finite everywhere (ρ = 0, σ = 0, τ = τ_W, ζ = ±1, α = 0 or at
+the switching points).
+
+One deliberate difference: 1 ± ζ are formed as 2ρσ/n. libxc subtracts (1 − ζ with
+ζ = (ρα − ρβ)/n), which costs it a relative error ~ε n/ρ_min in minority-spin terms (e.g. in
+∂e/∂τβ), i.e. ~1e-6 when ρβ/ρα ~ 1e-10; nlxc stays accurate there.
 """
 
 from __future__ import annotations
@@ -146,11 +151,9 @@ def _spin_scaled_exchange(enhancement, rho, sigma, tau, dens_threshold):
     """Σσ −(3/4)(6/π)^{1/3} ρσ^{4/3} F_x(ρσ, σσσ, τσ): the exchange spin-scaling relation, with
     libxc's input sanitation and per-channel density screening."""
     rho_c, sigma_c, tau_c = _libxc_inputs(rho, sigma, tau, dens_threshold)
-    e = 0.0
-    for s in range(2):
-        fx = enhancement(rho_c[s], sigma_c[2 * s], tau_c[s])
-        e_s = -X_FACTOR_C * rho_c[s] * jnp.cbrt(rho_c[s]) * fx
-        e = e + jnp.where(rho[s] > dens_threshold, e_s, 0.0)
+    fx = enhancement(rho_c, sigma_c[::2], tau_c)  # both spin channels at once, shape (2, ngrid)
+    e_s = -X_FACTOR_C * rho_c * jnp.cbrt(rho_c) * fx
+    e = jnp.sum(jnp.where(rho > dens_threshold, e_s, 0.0), axis=0)
     return jnp.where(rho[0] + rho[1] >= dens_threshold, e, 0.0)
 
 
@@ -192,11 +195,10 @@ def _correlation_variables(rho, sigma, tau, dens_threshold):
 
 
 def _scan_ec0(eclda0, g_zeta, s2, b1c, chi_infinity):
-    """SCAN's α = 0 correlation ε_c⁰ = (ε_c^{LDA0} + H₀) G_c(ζ), Sun et al. 2015 (S-eqs.)."""
+    """SCAN's α = 0 correlation ε_c⁰ = (ε_c^{LDA0} + H₀) G_c(ζ) (Sun et al. 2015, Suppl. Mat.)."""
     g_inf = (1.0 + 4.0 * chi_infinity * s2) ** (-0.25)
     h0 = b1c * jnp.log(1.0 + (jnp.exp(-eclda0 / b1c) - 1.0) * (1.0 - g_inf))
     return (eclda0 + h0) * g_zeta
-
 
 
 # ----------------------------------------------------------------------------------------------

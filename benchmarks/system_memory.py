@@ -1,0 +1,87 @@
+"""Memory of a `nlxc.System`: the formula, the arrays' actual size, and peak RSS while building.
+
+    python benchmarks/system_memory.py [--molecules h2o c6h6 adenine_thymine] [--basis def2-svp]
+                                       [--grid-level 3] [--out benchmarks/results/system_memory.json]
+
+The System holds 8·(4·ngrid·nao + naux·nao² + 6·nao² + nao·nmo + 4·ngrid + 4·natom) bytes
+(AO values and gradients on the grid, DF tensor, S, H_core, guess (2), dipole integrals (3),
+orthogonaliser, grid coordinates and weights, nuclei). Each molecule is built in a fresh
+subprocess so that the peak resident memory is its own. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+
+def _atoms(name):
+    from ase.build import molecule
+    from ase.collections import s22
+
+    return {"h2o": lambda: molecule("H2O"), "c6h6": lambda: molecule("C6H6"),
+            "pyrazine_dimer": lambda: s22["Pyrazine_dimer"],
+            "adenine_thymine": lambda: s22["Adenine-thymine_Watson-Crick_complex"]}[name]()
+
+
+def formula_bytes(nao, nmo, naux, ngrid, natom):
+    """Bytes of a System's arrays by the formula in `nlxc.System`'s docstring."""
+    return 8 * (4 * ngrid * nao + naux * nao**2 + 6 * nao**2 + nao * nmo + 4 * ngrid + 4 * natom)
+
+
+def _child(name, basis, grid_level):
+    import jax
+
+    import nlxc
+
+    atoms = _atoms(name)
+    t = time.perf_counter()
+    system = nlxc.System.from_ase(atoms, basis, grid_level=grid_level)
+    jax.block_until_ready(system)
+    elapsed = time.perf_counter() - t
+    actual = sum(x.nbytes for x in jax.tree.leaves(system))
+    natom = len(atoms)
+    out = {"molecule": name, "natom": natom, "nao": system.nao, "nmo": system.nmo, "naux": system.naux,
+           "ngrid": system.ngrid, "formula_mb": formula_bytes(system.nao, system.nmo, system.naux, system.ngrid,
+                                                              natom) / 2**20,
+           "arrays_mb": actual / 2**20, "build_s": elapsed,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    print("RESULT " + json.dumps(out))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--molecules", nargs="+", default=["h2o", "c6h6", "adenine_thymine"])
+    p.add_argument("--basis", default="def2-svp")
+    p.add_argument("--grid-level", type=int, default=3)
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "system_memory.json"))
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        return _child(a.child, a.basis, a.grid_level)
+    rows = []
+    print(f"{'molecule':<17}{'atoms':>6}{'nao':>6}{'naux':>6}{'ngrid':>9}{'formula MB':>12}{'arrays MB':>11}"
+          f"{'peak RSS MB':>13}{'build s':>9}")
+    for name in a.molecules:
+        proc = subprocess.run([sys.executable, __file__, "--child", name, "--basis", a.basis,
+                               "--grid-level", str(a.grid_level)], capture_output=True, text=True)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not line:
+            raise SystemExit(proc.stderr[-2000:])
+        r = json.loads(line[0][7:])
+        rows.append(r)
+        print(f"{r['molecule']:<17}{r['natom']:>6}{r['nao']:>6}{r['naux']:>6}{r['ngrid']:>9}{r['formula_mb']:>12.1f}"
+              f"{r['arrays_mb']:>11.1f}{r['peak_rss_mb']:>13.0f}{r['build_s']:>9.1f}", flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as fh:
+        json.dump({"basis": a.basis, "grid_level": a.grid_level, "rows": rows}, fh, indent=2)
+    print(f"\nwrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

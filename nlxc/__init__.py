@@ -10,6 +10,7 @@ _jax.config.update("jax_enable_x64", True)
 from . import scf, xc  # noqa: E402
 from ._errors import InputError  # noqa: E402
 from .grid import Density  # noqa: E402
+from .properties import density_on_grid, dipole_moment, homo_lumo  # noqa: E402
 from .scf import SCFResult, solve  # noqa: E402
 from .system import System, build_mole, mole_from_xyz, pad_system, pad_to_common_shape  # noqa: E402
 from .xc import get_functional  # noqa: E402
@@ -22,6 +23,9 @@ __all__ = [
     "SCFResult",
     "System",
     "build_mole",
+    "density_on_grid",
+    "dipole_moment",
+    "homo_lumo",
     "get_functional",
     "mole_from_xyz",
     "pad_system",

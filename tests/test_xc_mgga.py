@@ -320,7 +320,7 @@ def _unsafe_points():
 @pytest.mark.parametrize("part", ALL_PARTS)
 def test_finite_values_and_gradients(part):
     """Values and reverse-mode derivatives are finite at zero/low densities and edge cases, vanish
-    below the density threshold, and energies still agree with libxc (1e-10)."""
+    below the density threshold, and energies still agree with libxc (1e-10) where every ρσ ≥ 1e-10."""
     make, code, _ = PARTS[part]
     rho, grad, tau = _unsafe_points()
     ours = _nlxc_small(make(), rho, grad, tau)
@@ -330,7 +330,10 @@ def test_finite_values_and_gradients(part):
     for key in KEYS:
         assert np.all(np.asarray(ours[key])[..., :2] == 0.0), key
     ref = libxc_polarized(code, rho, grad, tau)
-    np.testing.assert_allclose(ours["e"], ref["e"], rtol=RTOL, atol=0)
+    # energies agree where the suite compares at all (every ρσ ≥ RHO_MIN); deeper in the tail
+    # PW92's log(1 + x) loses digits in libxc (nlxc uses log1p), see test_xc_semilocal's mpmath test
+    above = np.all(rho >= RHO_MIN, axis=0)
+    np.testing.assert_allclose(ours["e"][above], ref["e"][above], rtol=RTOL, atol=0)
     # the finite-difference-free check that derivatives are not merely finite but sensible:
     # majority-spin and τ-derivatives agree with libxc wherever ζ is not extreme.
     ok = np.all(rho >= RHO_MIN, axis=0) & (rho.min(0) >= POLARISATION_MIN * rho.sum(0))

@@ -43,7 +43,7 @@ class FermiDirac(eqx.Module):
     its derivatives stay finite and exact for any orbital degeneracy.
     """
 
-    width: float = 0.01
+    width: float = eqx.field(static=True, default=0.01)
 
 
 def _safe_divided(num, den):
@@ -124,7 +124,9 @@ def _make_projector(width):
             w = jnp.where(near, -occ_mid * (1.0 - occ_mid) / width, docc / jnp.where(near, 1.0, gap))
             fprime = -occ * (1.0 - occ) / width
             # the chemical potential moves to keep Σ nᵢ fixed: dμ = Σ f'ᵢ dεᵢ / Σ f'ᵢ
-            dmu = _safe_divided(jnp.sum(fprime * jnp.diagonal(dm)), jnp.sum(fprime))
+            sum_fprime = jnp.sum(fprime)  # (the mask must not depend on the tangent)
+            nonzero = sum_fprime != 0
+            dmu = jnp.sum(fprime * jnp.diagonal(dm)) * jnp.where(nonzero, 1.0 / jnp.where(nonzero, sum_fprime, 1.0), 0.0)
             dp_mo = w * dm - dmu * jnp.diag(fprime)
         return p, c @ dp_mo @ c.T
 

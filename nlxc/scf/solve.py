@@ -140,17 +140,19 @@ def solve(
             throw=False,
         )
         p, result, n_iterations, history = solution.value, solution.result, solution.stats["num_steps"], None
+    if throw:
+        # The check sits on the density matrix, which every returned quantity and every
+        # gradient depends on, so it cannot be removed as dead code under jax.grad.
+        p = eqx.error_if(
+            p,
+            (result != optx.RESULTS.successful) | ~jnp.all(jnp.isfinite(p)),
+            "SCF did not converge (max_steps reached or non-finite values); "
+            "raise max_steps, add damping/level_shift, or pass throw=False",
+        )
     components, fock = energy_and_fock(functional, system, p)
     energies, coefficients = orbitals(fock, system)
     energy = components.total
     converged = (result == optx.RESULTS.successful) & jnp.isfinite(energy)
-    if throw:
-        energy = eqx.error_if(
-            energy,
-            ~converged,
-            "SCF did not converge (max_steps reached or non-finite energy); "
-            "raise max_steps, add damping/level_shift, or pass throw=False",
-        )
     return SCFResult(
         energy=energy,
         components=components,

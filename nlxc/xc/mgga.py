@@ -36,7 +36,9 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._base import AbstractSemilocalFunctional
-from ._pw92 import FZETA_DENOMINATOR, PW92_MODIFIED, pw92_epsilon
+from .lda import _FZETA_DEN as FZETA_DENOMINATOR
+from .lda import PW92_MOD_PARAMS
+from .lda import _pw92_eps as pw92_epsilon
 from ._util import ZETA_THRESHOLD, parameter
 
 __all__ = ["R2SCANCorrelation", "R2SCANExchange", "SCANCorrelation", "SCANExchange"]
@@ -350,7 +352,7 @@ class R2SCANCorrelation(AbstractSemilocalFunctional):
         alpha = (v["tau"] - v["tau_w"]) / (v["tau_unif"] + self.eta * v["tau_w"])
 
         ones = jnp.ones_like(rs)
-        eps_pw, deps_pw = jax.jvp(lambda r: pw92_epsilon(r, zeta, f_zeta, PW92_MODIFIED), (rs,), (ones,))
+        eps_pw, deps_pw = jax.jvp(lambda r: pw92_epsilon(r, zeta, f_zeta, PW92_MOD_PARAMS), (rs,), (ones,))
         eclda0, declda0 = jax.jvp(self._eclda0, (rs,), (ones,))
         g_zeta = (1.0 - self.g_c * (2.0 ** (1.0 / 3.0) - 1.0) * f_zeta) * v["one_minus_z12"]
         elsda0 = eclda0 * g_zeta
@@ -486,7 +488,7 @@ class SCANCorrelation(AbstractSemilocalFunctional):
         v = _correlation_variables(rho, sigma, tau, thr)
         rs, phi3 = v["rs"], v["phi"] ** 3
         alpha = (v["tau"] - v["tau_w"]) / v["tau_unif"]
-        eps_pw = pw92_epsilon(rs, v["zeta"], v["f_zeta"], PW92_MODIFIED)
+        eps_pw = pw92_epsilon(rs, v["zeta"], v["f_zeta"], PW92_MOD_PARAMS)
         gamma_phi3 = self.gamma * phi3
         w1 = jnp.exp(-eps_pw / gamma_phi3) - 1.0
         beta = self.beta_a * (1.0 + self.beta_b * rs) / (1.0 + self.beta_c * rs)

@@ -23,6 +23,8 @@ import nlxc
 from nlxc.scf import DIIS, UnrolledAdjoint, solve
 from nlxc.xc import AbstractSemilocalFunctional
 
+pytestmark = pytest.mark.xdist_group("grad")  # the tests share one compiled Jacobian
+
 TOL = dict(rtol=1e-6, atol=1e-8)
 STEP = 1e-3
 SOLVER = DIIS(atol=1e-11)

@@ -69,8 +69,16 @@ def pyscf_energy(name, xc):
 
 
 
-@pytest.mark.parametrize("xc", FUNCTIONALS)
-@pytest.mark.parametrize("name", CLOSED + OPEN)
+def _cases():
+    # one xdist group per bucket: the molecules of a bucket share compiled programs
+    for name in CLOSED + OPEN:
+        bucket = next(i for i, b in enumerate(BUCKETS) if name in b)
+        for xc in FUNCTIONALS:
+            group = f"scf-bucket{bucket}" + ("-hybrid" if xc in ("b3lyp", "pbe0", "hf") else "")
+            yield pytest.param(name, xc, id=f"{name}-{xc}", marks=pytest.mark.xdist_group(group))
+
+
+@pytest.mark.parametrize("name, xc", list(_cases()))
 def test_total_energy_matches_pyscf(name, xc):
     sys = bucketed_system(name)
     nao = system(name).nao

@@ -119,7 +119,7 @@ def solve(
     - `initial_density_matrix`: `(2, nao, nao)`; default `system.initial_density_matrix`.
     - `max_steps`: the most Fock builds allowed (exactly this many with `UnrolledAdjoint`).
     - `adjoint`: how to differentiate through the solve: [`nlxc.scf.ImplicitAdjoint`][]
-      (default; implicit function theorem with matrix-free GMRES), [`nlxc.scf.UnrolledAdjoint`][]
+      (default; implicit function theorem with a matrix-free BiCGStab adjoint solve), [`nlxc.scf.UnrolledAdjoint`][]
       (backpropagation through the iterations, checkpointed, with the iterate history), or any
       optimistix adjoint (e.g. `optimistix.RecursiveCheckpointAdjoint()`).
     - `smearing`: `None` for aufbau occupations, or [`nlxc.scf.FermiDirac`][] for fractional

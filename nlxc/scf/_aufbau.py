@@ -195,12 +195,6 @@ def occupations_of(
     return jax.vmap(lambda e, k: _occupations(e, k, width))(orbital_energies, n)
 
 
-def aufbau_occupations(system: System) -> Float[Array, "2 nmo"]:
-    """Occupations (0 or 1) filling the n_α and n_β lowest orbitals, `(2, nmo)`."""
-    index = jnp.arange(system.nmo)
-    return (index[None, :] < system.n_electrons[:, None]).astype(float)
-
-
 def level_shifted(
     fock: Float[Array, "2 nao nao"], density: Float[Array, "2 nao nao"], system: System, shift
 ) -> Float[Array, "2 nao nao"]:

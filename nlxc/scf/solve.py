@@ -59,10 +59,6 @@ class SCFResult(eqx.Module):
     history: SCFHistory | None = None
 
 
-class SCFNotConvergedError(RuntimeError):
-    """Raised (through `equinox.error_if`) when `solve(..., throw=True)` does not converge."""
-
-
 def _scf_map(density, args):
     """One Kohn–Sham step P ↦ D(F(P)), with the energy of P as auxiliary output."""
     functional, system, shift, smearing = args

@@ -98,6 +98,7 @@ def main():
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "grad.json"))
     p.add_argument("--dampings", nargs="+", type=float, default=[0.0, 0.6, 0.85],
                    help="DIIS damping values for the implicit-adjoint memory scan")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory scans (timings only)")
     p.add_argument("--damping", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -113,17 +114,19 @@ def main():
             imp = _run("implicit", name, xc, a.grid_level, 128)
             unr = _run("unrolled", name, xc, a.grid_level, max(a.steps[0], fwd["iterations"]))
             implicit_memory = []
-            for d in a.dampings:
+            for d in ([] if a.no_memory else a.dampings):
                 m = _run("implicit", name, xc, a.grid_level, 400, d)
                 implicit_memory.append({"damping": d, "iterations": m["iterations"], "peak_rss_mb": m["peak_rss_mb"]})
             unrolled_memory = [{"steps": n, "peak_rss_mb": _run("unrolled", name, xc, a.grid_level, n)["peak_rss_mb"]}
-                               for n in a.steps]
+                               for n in ([] if a.no_memory else a.steps)]
             row = {"molecule": name, "xc": xc, "forward": fwd, "implicit": imp, "unrolled": unr,
                    "implicit_memory": implicit_memory, "unrolled_memory": unrolled_memory}
             rows.append(row)
             print(f"{name:<9}{xc:<7}{fwd['run_s']:>10.2f}{imp['run_s']:>11.2f}{imp['run_s'] / fwd['run_s']:>7.2f}"
                   f"{unr['run_s']:>11.2f}{unr['run_s'] / fwd['run_s']:>7.2f}"
                   f"{fwd['compile_s']:>9.1f}/{imp['compile_s']:.1f}/{unr['compile_s']:.1f}", flush=True)
+            if a.no_memory:
+                continue
             print("    implicit peak RSS: " + ", ".join(
                 f"{m['iterations']} it {m['peak_rss_mb']:.0f} MB" for m in implicit_memory))
             print("    unrolled peak RSS: " + ", ".join(

@@ -97,3 +97,16 @@ def test_vmap_over_systems_of_equal_shape():
     energies = jax.vmap(lambda x: solve(f, x).energy)(batch)
     for x, e in zip(systems, energies):
         assert float(e) == pytest.approx(float(solve(f, x).energy), abs=1e-9)
+
+
+def test_unrolled_solve_with_static_fields_matches_while_loop():
+    """Functionals with static (non-array) fields, e.g. B3LYP's `vwn5` flag, run unrolled too."""
+    from nlxc.scf import UnrolledAdjoint
+    from nlxc.xc import B3LYP
+
+    s = system("h2o")
+    unrolled = solve(B3LYP(), s, DIIS(atol=1e-9), max_steps=25, adjoint=UnrolledAdjoint())
+    looped = solve(B3LYP(), s, DIIS(atol=1e-9))
+    assert bool(unrolled.converged)
+    assert float(unrolled.energy) == pytest.approx(float(looped.energy), abs=1e-9)
+    assert unrolled.history.energies.shape == (25,)

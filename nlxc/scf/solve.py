@@ -68,7 +68,7 @@ def _scf_map(density, args):
 
 
 def _unrolled(solver, p0, args, steps, adjoint):
-    struct = jax.eval_shape(_scf_map, p0, args)
+    struct = eqx.filter_eval_shape(_scf_map, p0, args)
     state = solver.init(_scf_map, p0, args, {}, struct[0], struct[1], frozenset())
 
     def body(carry, _):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -57,7 +58,7 @@ class B3LYP(AbstractFunctional):
     a0: Float[Array, ""] = parameter(0.20)
     ax: Float[Array, ""] = parameter(0.72)
     ac: Float[Array, ""] = parameter(0.81)
-    vwn5: bool = False
+    vwn5: bool = eqx.field(static=True, default=False)
 
     def __call__(self, density, density_matrix, system):
         from .gga import B88Exchange, LYPCorrelation

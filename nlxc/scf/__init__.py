@@ -2,7 +2,7 @@
 
 from ._aufbau import FermiDirac, density_from_fock, eigh, orbitals
 from ._energy import EnergyComponents, energy_and_fock, energy_components
-from .adjoint import ImplicitAdjoint, UnrolledAdjoint
+from .adjoint import ImplicitAdjoint, UnrolledAdjoint, ZeroSafeSolver
 from .diis import DIIS
 from .solve import SCFHistory, SCFResult, solve
 
@@ -14,6 +14,7 @@ __all__ = [
     "SCFHistory",
     "SCFResult",
     "UnrolledAdjoint",
+    "ZeroSafeSolver",
     "density_from_fock",
     "eigh",
     "energy_and_fock",

@@ -2,9 +2,54 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 import lineax as lx
 import optimistix as optx
+
+
+class ZeroSafeSolver(lx.AbstractLinearSolver):
+    """A Krylov linear solver that returns x = 0 for a zero right-hand side.
+
+    BiCGStab and GMRES divide by the norm of the initial residual, so a zero right-hand side
+    gives 0/0 = NaN. That case is common, not exotic: a molecule whose energy does not enter
+    the loss (a masked filler entry of a padded batch, a zero loss weight) has a zero
+    cotangent, hence a zero adjoint right-hand side. This wrapper answers it with the exact
+    solution 0 (under `jax.vmap`, per batch entry).
+    """
+
+    inner: lx.AbstractLinearSolver
+
+    def init(self, operator, options: dict[str, Any]):
+        return self.inner.init(operator, options)
+
+    def compute(self, state, vector, options: dict[str, Any]):
+        zero = jnp.logical_not(
+            jnp.any(jnp.stack([jnp.any(x != 0) for x in jax.tree.leaves(vector)]))
+        )
+
+        def solved():
+            return self.inner.compute(state, vector, options)
+
+        def trivial():
+            struct = jax.eval_shape(solved)
+            solution = jax.tree.map(jnp.zeros_like, vector)
+            stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), struct[2])
+            return solution, lx.RESULTS.successful, stats
+
+        return jax.lax.cond(zero, trivial, solved)
+
+    def transpose(self, state, options: dict[str, Any]):
+        return self.inner.transpose(state, options)
+
+    def conj(self, state, options: dict[str, Any]):
+        return self.inner.conj(state, options)
+
+    def assume_full_rank(self) -> bool:
+        return self.inner.assume_full_rank()
 
 
 def ImplicitAdjoint(rtol: float = 1e-10, atol: float = 1e-12, max_steps: int = 1000,
@@ -16,7 +61,9 @@ def ImplicitAdjoint(rtol: float = 1e-10, atol: float = 1e-12, max_steps: int = 1
     handful of second-order energy derivatives, independent of the number of SCF iterations, and
     the memory is that of one iteration. Both reverse mode (`jax.grad`) and forward mode
     (`jax.jvp`) work. If the linear solver does not reach `rtol`/`atol` within `max_steps`, the
-    gradient computation raises rather than returning an inexact gradient.
+    gradient computation raises rather than returning an inexact gradient. A zero adjoint
+    right-hand side (a molecule that does not enter the loss) gives a zero adjoint, not NaN
+    ([`ZeroSafeSolver`][nlxc.scf.ZeroSafeSolver]).
 
     **Arguments:**
 
@@ -36,7 +83,7 @@ def ImplicitAdjoint(rtol: float = 1e-10, atol: float = 1e-12, max_steps: int = 1
         solver = lx.GMRES(rtol=rtol, atol=atol, restart=restart, max_steps=max_steps)
     else:
         raise ValueError(f"unknown linear solver {method!r}; use 'bicgstab' or 'gmres'")
-    return optx.ImplicitAdjoint(linear_solver=solver)
+    return optx.ImplicitAdjoint(linear_solver=ZeroSafeSolver(solver))
 
 
 class UnrolledAdjoint(eqx.Module):

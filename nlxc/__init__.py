@@ -7,7 +7,7 @@ import jax as _jax
 
 _jax.config.update("jax_enable_x64", True)
 
-from . import scf, xc  # noqa: E402
+from . import batch, data, scf, xc  # noqa: E402
 from ._errors import InputError  # noqa: E402
 from .grid import Density  # noqa: E402
 from .properties import density_on_grid, dipole_moment, homo_lumo  # noqa: E402
@@ -19,6 +19,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Density",
+    "batch",
+    "data",
     "InputError",
     "SCFResult",
     "System",

@@ -100,6 +100,8 @@ def stack(systems: Sequence[System]) -> System:
         )
     if len({s.restricted for s in systems}) > 1:
         systems = [as_unrestricted(s) for s in systems]
+    if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(systems[0])):
+        return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *systems)
     return jax.tree.map(lambda *xs: jnp.stack(xs), *systems)
 
 
@@ -180,6 +182,7 @@ def make_batches(
     max_buckets: int = 4,
     batch_size: int | None = None,
     multiple: int = 1,
+    split_shells: bool = True,
 ) -> list[Batch]:
     """Pad, bucket and stack Systems into batches for `jax.vmap`.
 
@@ -193,6 +196,9 @@ def make_batches(
       is filled with masked copies); `None` puts each bucket into one batch.
     - `multiple`: round each padded size up to a multiple of this (shapes then repeat across
       datasets, so compiled programs are reused).
+    - `split_shells`: bucket restricted (closed-shell) and unrestricted Systems separately
+      (`max_buckets` each), so closed shells keep the cheaper restricted SCF; with `False`
+      they share buckets and a mixed bucket is solved unrestricted.
 
     **Returns:** a list of [`Batch`][nlxc.batch.Batch]es; every molecule appears in exactly one,
     with `mask=True`.
@@ -204,9 +210,18 @@ def make_batches(
         raise ValueError("no Systems to batch")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    mixed = len({s.restricted for s in systems}) > 1
+    if split_shells:
+        families = [[i for i, s in enumerate(systems) if s.restricted == r] for r in (True, False)]
+    else:
+        families = [list(range(len(systems)))]
+    groups = []
+    for family in families:
+        if family:
+            buckets = choose_buckets([systems[i] for i in family], max_buckets, multiple=multiple)
+            groups += [[family[j] for j in bucket] for bucket in buckets]
     batches = []
-    for group in choose_buckets(systems, max_buckets, multiple=multiple):
+    for group in groups:
+        mixed = len({systems[i].restricted for i in group}) > 1
         shape = BucketShape.covering([systems[i] for i in group], multiple)
         size = len(group) if batch_size is None else batch_size
         for start in range(0, len(group), size):
@@ -216,7 +231,7 @@ def make_batches(
             for i in chunk + [chunk[-1]] * fill:
                 s = systems[i]
                 s = as_unrestricted(s) if mixed else s
-                padded.append(pad_system(s, **dataclasses.asdict(shape)))
+                padded.append(pad_system(s, **dataclasses.asdict(shape), host=True))
             batches.append(
                 Batch(
                     system=stack(padded),

@@ -332,6 +332,7 @@ def pad_system(
     naux: int | None = None,
     ngrid: int | None = None,
     natom: int | None = None,
+    host: bool = False,
 ) -> System:
     """Pad a System to larger shapes without changing its SCF.
 
@@ -346,7 +347,8 @@ def pad_system(
     - padded atoms have zero charge.
 
     **Arguments:** the target sizes (each at least the current one; `None` keeps it).
-    `nmo` grows by as much as `nao`.
+    `nmo` grows by as much as `nao`. With `host=True` the padded arrays are left as NumPy
+    arrays in host memory (for stacking many Systems before one transfer to the device).
 
     **Returns:** the padded `System`.
 
@@ -360,13 +362,20 @@ def pad_system(
             raise ValueError(f"cannot pad {k} from {cur[k]} down to {new[k]}")
     dao, daux, dgrid, datom = (new[k] - cur[k] for k in ("nao", "naux", "ngrid", "natom"))
     nmo = system.nmo + dao
+    # Concrete arrays are padded with NumPy on the host (one device transfer per array instead
+    # of many small dispatched ops); traced ones (inside jit) with jax.numpy.
+    xp = jnp if isinstance(system.overlap, jax.core.Tracer) else np
 
     def pad(x, widths):
-        return jnp.pad(x, widths)
+        return xp.pad(xp.asarray(x), widths)
 
     overlap = pad(system.overlap, ((0, dao), (0, dao)))
-    overlap = overlap.at[system.nao :, system.nao :].set(jnp.eye(dao))
-    return System(
+    eye = xp.eye(dao, dtype=overlap.dtype)
+    if xp is np:
+        overlap[system.nao :, system.nao :] = eye
+    else:
+        overlap = overlap.at[system.nao :, system.nao :].set(eye)
+    fields = dict(
         overlap=overlap,
         core_hamiltonian=pad(system.core_hamiltonian, ((0, dao), (0, dao))),
         orthogonalizer=pad(system.orthogonalizer, ((0, dao), (0, nmo - system.nmo))),
@@ -376,12 +385,14 @@ def pad_system(
         grid_weights=pad(system.grid_weights, ((0, dgrid),)),
         atom_charges=pad(system.atom_charges, ((0, datom),)),
         atom_coords=pad(system.atom_coords, ((0, datom), (0, 0))),
-        nuclear_repulsion=system.nuclear_repulsion,
-        n_electrons=system.n_electrons,
+        nuclear_repulsion=xp.asarray(system.nuclear_repulsion),
+        n_electrons=xp.asarray(system.n_electrons),
         initial_density_matrix=pad(system.initial_density_matrix, ((0, 0), (0, dao), (0, dao))),
         dipole_integrals=pad(system.dipole_integrals, ((0, 0), (0, dao), (0, dao))),
-        restricted=system.restricted,
     )
+    if xp is np and not host:
+        fields = {k: jnp.asarray(v) for k, v in fields.items()}
+    return System(**fields, restricted=system.restricted)
 
 
 def pad_to_common_shape(systems: Sequence[System]) -> list[System]:

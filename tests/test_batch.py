@@ -60,7 +60,7 @@ def test_sizes_differ_and_shells_mix():
 
 def test_padded_vmapped_batch_equals_unpadded_molecules(functional, per_molecule):
     systems = [system(n) for n in NAMES]
-    (batch,) = make_batches(systems, max_buckets=1)
+    (batch,) = make_batches(systems, max_buckets=1, split_shells=False)
     assert not batch.system.restricted  # mixed shells are solved unrestricted
     value_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(_batch_energy, has_aux=True))
     (_, result), grad = value_and_grad(functional, batch.system)
@@ -103,6 +103,10 @@ def test_buckets_cover_every_molecule_once_with_bounded_padding():
     for g in groups:
         shape = BucketShape.covering([systems[i] for i in g])
         assert all(shape == BucketShape.covering([systems[i]]) for i in g)
+    for b in make_batches(systems, max_buckets=2):  # default: shells in separate buckets
+        members = [systems[int(i)] for i in b.index]
+        assert b.system.restricted == all(m.restricted for m in members)
+        assert len({m.restricted for m in members}) == 1
     batches = make_batches(systems, max_buckets=2, batch_size=2)
     assert all(len(b) == 2 for b in batches)
     real = sorted(int(i) for b in batches for i, m in zip(b.index, b.mask) if m)
@@ -123,7 +127,8 @@ SHARDED = textwrap.dedent(
     from conftest import system
     assert jax.device_count() == 4, jax.devices()
     f = nlxc.get_functional("svwn")
-    (batch,) = make_batches([system(n) for n in ("n2", "ch2", "h2o")], max_buckets=1, batch_size=4)
+    (batch,) = make_batches([system(n) for n in ("n2", "ch2", "h2o")], max_buckets=1, batch_size=4,
+                            split_shells=False)
     def loss(f, s, mask):
         e = jax.vmap(lambda x: solve(f, x, DIIS(atol=1e-11)).energy)(s)
         return jnp.sum(jnp.where(mask, e, 0.0)), e

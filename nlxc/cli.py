@@ -43,7 +43,7 @@ def _run_scf(args) -> int:
 
     import nlxc  # noqa: F401  (float64)
     from .scf import solve
-    from .scf.diis import DIIS
+    from .scf.cdiis import CDIIS
     from .system import System, mole_from_xyz
     from .xc import get_functional
 
@@ -56,7 +56,7 @@ def _run_scf(args) -> int:
     t0 = time.perf_counter()
     system = System.from_pyscf(mol, grid_level=args.grid_level, auxbasis=args.auxbasis)
     t1 = time.perf_counter()
-    result = solve(functional, system, DIIS(), max_steps=args.max_steps)
+    result = solve(functional, system, CDIIS(), max_steps=args.max_steps)
     result.energy.block_until_ready()
     t2 = time.perf_counter()
     components = result.components.as_dict()

@@ -110,3 +110,27 @@ def test_unrolled_solve_with_static_fields_matches_while_loop():
     assert bool(unrolled.converged)
     assert float(unrolled.energy) == pytest.approx(float(looped.energy), abs=1e-9)
     assert unrolled.history.energies.shape == (25,)
+
+
+def test_cdiis_converges_an_open_shell_atom_where_density_diis_oscillates():
+    """O atom (triplet, β p¹ in three degenerate p orbitals), SVWN/6-31G: Pulay's density DIIS
+    runs out of steps, commutator DIIS converges, to PySCF's UKS energy (same grid and JK-fit
+    auxiliary basis); the orientation of the occupied p orbital may differ on a finite grid,
+    which moves the energy by ~1e-7 Ha."""
+    from pyscf import df, dft, gto
+
+    from nlxc.scf import CDIIS
+
+    mol = gto.M(atom="O 0 0 0", basis="6-31g", spin=2, verbose=0)
+    s = nlxc.System.from_pyscf(mol, grid_level=1)
+    f = get_functional("svwn")
+    oscillating = solve(f, s, DIIS(), max_steps=128)
+    converged = solve(f, s, CDIIS(), max_steps=128)
+    assert not bool(oscillating.converged)
+    assert bool(converged.converged)
+    mf = dft.UKS(mol, xc="svwn").density_fit(auxbasis=df.make_auxbasis(mol))
+    mf.grids.level = 1
+    mf.conv_tol = 1e-10
+    reference = mf.kernel()
+    assert mf.converged
+    assert abs(float(converged.energy) - reference) < 1e-6

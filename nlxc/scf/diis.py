@@ -21,6 +21,27 @@ class _DIISState(eqx.Module):
     finite: Bool[Array, ""]
 
 
+def diis_coefficients(residuals: Float[Array, "history n"], valid: Bool[Array, " history"]) -> Float[Array, " history"]:
+    """Pulay's coefficients c = argmin ‖Σᵢ cᵢ rᵢ‖² subject to Σᵢ cᵢ = 1 over the valid rows.
+
+    The bordered normal equations are scaled by the largest ‖rᵢ‖² and carry a 1e-12 Tikhonov
+    term, which keeps them regular (and their derivative finite, which unrolled
+    differentiation needs) when the residuals become nearly collinear. Invalid rows get 0.
+    """
+    m = residuals.shape[0]
+    b = residuals @ residuals.T
+    scale = jnp.max(jnp.where(valid, jnp.diag(b), 0.0))
+    scale = jnp.where(scale > 0, scale, 1.0)
+    b = jnp.where(valid[:, None] & valid[None, :], b / scale, jnp.eye(m))
+    border = valid.astype(b.dtype)
+    a = jnp.zeros((m + 1, m + 1), b.dtype)
+    a = a.at[:m, :m].set(b).at[m, :m].set(border).at[:m, m].set(border)
+    rhs = jnp.zeros(m + 1, b.dtype).at[m].set(1.0)
+    a = a.at[:m, :m].add(1e-12 * jnp.eye(m))
+    coeffs = jnp.linalg.solve(a, rhs)[:m]
+    return jnp.where(valid, coeffs, 0.0)
+
+
 class DIIS(optx.AbstractFixedPointSolver):
     """Pulay's direct inversion in the iterative subspace for a fixed point y = g(y).
 
@@ -68,20 +89,7 @@ class DIIS(optx.AbstractFixedPointSolver):
         n_valid = jnp.minimum(state.count + 1, self.history_size)
         valid = jnp.arange(self.history_size) < n_valid
 
-        b = residuals @ residuals.T
-        scale = jnp.max(jnp.where(valid, jnp.diag(b), 0.0))
-        scale = jnp.where(scale > 0, scale, 1.0)
-        b = jnp.where(valid[:, None] & valid[None, :], b / scale, jnp.eye(self.history_size))
-        border = valid.astype(b.dtype)
-        m = self.history_size
-        a = jnp.zeros((m + 1, m + 1), b.dtype)
-        a = a.at[:m, :m].set(b).at[m, :m].set(border).at[:m, m].set(border)
-        rhs = jnp.zeros(m + 1, b.dtype).at[m].set(1.0)
-        # A tiny Tikhonov term keeps the bordered system regular (and its derivative finite,
-        # which unrolled differentiation needs) when the residuals become nearly collinear.
-        a = a.at[:m, :m].add(1e-12 * jnp.eye(m))
-        coeffs = jnp.linalg.solve(a, rhs)[:m]
-        coeffs = jnp.where(valid, coeffs, 0.0)
+        coeffs = diis_coefficients(residuals, valid)
         extrapolated = coeffs @ (outputs - self.damping * residuals)
         fallback = flat_g - self.damping * r
         ok = jnp.all(jnp.isfinite(extrapolated))

@@ -14,7 +14,7 @@ from ..xc._base import AbstractFunctional
 from ._aufbau import FermiDirac, density_from_fock, level_shifted, occupations_of, orbitals
 from ._energy import EnergyComponents, energy_and_fock
 from .adjoint import ImplicitAdjoint, UnrolledAdjoint
-from .diis import DIIS
+from .cdiis import CDIIS
 
 
 class SCFHistory(eqx.Module):
@@ -88,7 +88,7 @@ def _unrolled(solver, p0, args, steps, adjoint):
 def solve(
     functional: AbstractFunctional,
     system: System,
-    solver: optx.AbstractFixedPointSolver | optx.AbstractRootFinder = DIIS(),
+    solver: optx.AbstractFixedPointSolver | optx.AbstractRootFinder = CDIIS(),
     *,
     initial_density_matrix: Float[Array, "2 nao nao"] | None = None,
     max_steps: int = 128,
@@ -101,7 +101,7 @@ def solve(
     The SCF is the fixed point P* = D(F(P*)) of the α/β density matrix, where F = ∂E/∂P is the
     Fock matrix obtained by automatic differentiation of the total energy and D builds the
     aufbau density matrix from the lowest eigenvectors of F C = S C ε. It is solved by an
-    optimistix fixed-point solver (default: [`nlxc.scf.DIIS`][]) inside one compiled
+    optimistix fixed-point solver (default: [`nlxc.scf.CDIIS`][], Pulay's commutator DIIS) inside one compiled
     `while_loop`, so `solve` is pure, jit-able, and works under `jax.vmap` over Systems of equal
     shapes.
 
@@ -110,7 +110,7 @@ def solve(
     - `functional`: any [`nlxc.xc.AbstractFunctional`][].
     - `system`: the [`nlxc.System`][].
     - `solver`: an optimistix fixed-point solver or root finder. If it has a `level_shift`
-      attribute (as `DIIS` does), the virtual orbitals are shifted by that much (Hartree)
+      attribute (as `CDIIS` and `DIIS` do), the virtual orbitals are shifted by that much (Hartree)
       while iterating.
     - `initial_density_matrix`: `(2, nao, nao)`; default `system.initial_density_matrix`.
     - `max_steps`: the most Fock builds allowed (exactly this many with `UnrolledAdjoint`).

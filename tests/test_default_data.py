@@ -28,9 +28,14 @@ def test_shipped_file_holds_every_entry():
     assert all(np.isfinite(v) for v in e.values())
 
 
-@pytest.mark.parametrize("name", ["OH", "N"])
+@pytest.mark.parametrize("name", ["CH3", "N"])
 def test_shipped_entries_match_a_fresh_pyscf_calculation(tmp_path, name):
-    """Recompute two open-shell entries with PySCF now and compare with the shipped file."""
+    """Recompute two open-shell entries with PySCF now and compare with the shipped file.
+
+    Open shells with a non-degenerate ground state only: for OH (²Π) the integration grid splits
+    the two degenerate UKS solutions by ~6e-7 Ha, and which one the SCF lands in depends on
+    floating-point noise (e.g. the number of BLAS threads), so it cannot be compared to 1e-8.
+    """
     molecule = data.default_set().molecule(name)
     with lib.with_omp_threads(1):
         fresh = data.compute_references(

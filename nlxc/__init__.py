@@ -7,7 +7,7 @@ import jax as _jax
 
 _jax.config.update("jax_enable_x64", True)
 
-from . import batch, data, scf, xc  # noqa: E402
+from . import batch, data, models, scf, xc  # noqa: E402
 from ._errors import InputError  # noqa: E402
 from .grid import Density  # noqa: E402
 from .properties import density_on_grid, dipole_moment, homo_lumo  # noqa: E402
@@ -29,6 +29,7 @@ __all__ = [
     "dipole_moment",
     "homo_lumo",
     "get_functional",
+    "models",
     "mole_from_xyz",
     "pad_system",
     "pad_to_common_shape",

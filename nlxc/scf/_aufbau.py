@@ -51,19 +51,39 @@ def _safe_divided(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
+@jax.custom_batching.custom_vmap
+def _lapack_eigh(matrix: Float[Array, "n n"]) -> tuple[Float[Array, " n"], Float[Array, "n n"]]:
+    """`jnp.linalg.eigh` of one matrix; batched (vmapped) calls run one matrix at a time.
+
+    Under `jax.vmap` a plain `eigh` becomes one batched LAPACK call that jaxlib 0.10 spreads over
+    its CPU thread pool (`ParallelBatchMap`); two such calls running concurrently in one XLA
+    program (e.g. the final orbitals and the adjoint solve of a vmapped SCF) can deadlock that
+    pool: the process hangs with every worker idle. Mapping over the batch with `lax.map` keeps
+    every LAPACK call to a single matrix. The matrices here are small (nmo ≲ a few hundred), so
+    little parallelism is lost.
+    """
+    e, c = jnp.linalg.eigh(matrix)
+    return e, c
+
+
+@_lapack_eigh.def_vmap
+def _lapack_eigh_vmap(axis_size, in_batched, matrix):
+    return jax.lax.map(_lapack_eigh, matrix), (True, True)
+
+
 @jax.custom_jvp
 def eigh(matrix: Float[Array, "n n"]) -> tuple[Float[Array, " n"], Float[Array, "n n"]]:
     """Eigenvalues (ascending) and eigenvectors of a symmetric matrix, with a derivative that is
     exact for eigenvalues and finite for eigenvectors at degeneracies (rotations inside a
     degenerate subspace, which are arbitrary, are set to zero)."""
-    e, c = jnp.linalg.eigh(matrix)
+    e, c = _lapack_eigh(matrix)
     return e, c
 
 
 @eigh.defjvp
 def _eigh_jvp(primals, tangents):
     (a,), (da,) = primals, tangents
-    e, c = jnp.linalg.eigh(a)
+    e, c = _lapack_eigh(a)
     dm = c.T @ (0.5 * (da + da.T)) @ c
     gap = e[None, :] - e[:, None]
     inv = jnp.where(jnp.abs(gap) > DEGENERACY_THRESHOLD, 1.0 / jnp.where(gap == 0, 1.0, gap), 0.0)
@@ -101,14 +121,14 @@ def _occupations(e, n_electrons, width):
 def _make_projector(width):
     @jax.custom_jvp
     def projector(fock_orth, n_electrons):
-        e, c = jnp.linalg.eigh(fock_orth)
+        e, c = _lapack_eigh(fock_orth)
         return (c * _occupations(e, n_electrons, width)) @ c.T
 
     @projector.defjvp
     def projector_jvp(primals, tangents):
         fock_orth, n_electrons = primals
         dfock = tangents[0]
-        e, c = jnp.linalg.eigh(fock_orth)
+        e, c = _lapack_eigh(fock_orth)
         occ = _occupations(e, n_electrons, width)
         p = (c * occ) @ c.T
         dm = c.T @ (0.5 * (dfock + dfock.T)) @ c

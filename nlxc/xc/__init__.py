@@ -6,12 +6,44 @@ contribution always comes from automatic differentiation of the energy.
 
 from ._base import AbstractFunctional, AbstractSemilocalFunctional, Scaled, SemilocalSum, Sum
 from ._registry import available, get_functional
+from .constraints import (
+    LIEB_OXFORD_BOUND,
+    EnhancedCorrelation,
+    EnhancedExchange,
+    PointwiseNetwork,
+    ScaledSigmoid,
+    squash_alpha,
+    squash_s,
+)
+from .features import (
+    LocalFeatures,
+    SpinChannelFeatures,
+    iso_orbital_indicator,
+    reduced_gradient,
+    spin_polarisation,
+    weizsaecker_ratio,
+    wigner_seitz_radius,
+)
 from .gga import B88Exchange, LYPCorrelation, PBECorrelation, PBEExchange
 from .hybrid import B3LYP, HF, PBE0, ExactExchange, exact_exchange_energy
 from .lda import PW92Correlation, SlaterExchange, VWN5Correlation, VWNRPACorrelation
 from .mgga import R2SCANCorrelation, R2SCANExchange
 
 __all__ = [
+    "LIEB_OXFORD_BOUND",
+    "EnhancedCorrelation",
+    "EnhancedExchange",
+    "LocalFeatures",
+    "PointwiseNetwork",
+    "ScaledSigmoid",
+    "SpinChannelFeatures",
+    "iso_orbital_indicator",
+    "reduced_gradient",
+    "spin_polarisation",
+    "squash_alpha",
+    "squash_s",
+    "weizsaecker_ratio",
+    "wigner_seitz_radius",
     "AbstractFunctional",
     "AbstractSemilocalFunctional",
     "B3LYP",

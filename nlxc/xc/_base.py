@@ -51,10 +51,25 @@ class AbstractFunctional(eqx.Module):
             return NotImplemented
         return Sum((self, other))
 
-    def __mul__(self, coefficient) -> Scaled:
-        if isinstance(coefficient, AbstractFunctional):
+    def __mul__(self, coefficient) -> AbstractFunctional:
+        from .constraints import PointwiseNetwork
+
+        if isinstance(coefficient, PointwiseNetwork):
+            return self.enhanced_by(coefficient)
+        if isinstance(coefficient, eqx.Module):
             return NotImplemented
         return Scaled(jnp.asarray(coefficient, dtype=float), self)
+
+    def enhanced_by(self, network) -> AbstractFunctional:
+        """`self * network`: this baseline times a learnable, constrained enhancement factor.
+
+        Implemented by [`nlxc.xc.SlaterExchange`][] (giving [`nlxc.xc.EnhancedExchange`][]) and
+        the PW92 correlation (giving [`nlxc.xc.EnhancedCorrelation`][]).
+
+        **Raises:** `TypeError` for functionals without an enhancement-factor form.
+        """
+        raise TypeError(f"{type(self).__name__} has no enhancement-factor form; multiply "
+                        "SlaterExchange() or PW92Correlation.modified() by a network instead")
 
     __rmul__ = __mul__
 

@@ -157,6 +157,19 @@ class SlaterExchange(AbstractSemilocalFunctional):
 
     alpha: Float[Array, ""] = parameter(1.0)
 
+    def enhanced_by(self, network):
+        """Slater exchange times a learnable enhancement factor: [`nlxc.xc.EnhancedExchange`][].
+
+        A network with 1 input gives a GGA (F_x(s)), with 2 inputs a meta-GGA (F_x(s, α)).
+        The enhancement replaces `alpha` (which must be 1).
+        """
+        from .constraints import EnhancedExchange
+
+        n = getattr(network, "in_features", None)
+        if n not in (1, 2):
+            raise TypeError(f"an exchange enhancement network needs 1 or 2 inputs (s[, α]), got {n}")
+        return EnhancedExchange(network, use_alpha=n == 2)
+
     def energy_density(
         self,
         rho: Float[Array, "2 ngrid"],
@@ -401,6 +414,19 @@ class PW92Correlation(AbstractSemilocalFunctional):
     def per_particle(self, rs, zeta, opz, omz):
         """ε_c(r_s, ζ) in Hartree, given 1 ± ζ (already clamped) as well as ζ."""
         return _pw92_eps(rs, zeta, f_zeta(opz, omz), self.params)
+
+    def enhanced_by(self, network):
+        """PW92 correlation times a learnable factor: [`nlxc.xc.EnhancedCorrelation`][].
+
+        A network with 3 inputs (s, ζ², r_s) gives a GGA; with 4 inputs (s, α, ζ², r_s) a
+        self-interaction-free meta-GGA. Uses the LDA_C_PW_MOD parameters whatever `self` holds.
+        """
+        from .constraints import EnhancedCorrelation
+
+        n = getattr(network, "in_features", None)
+        if n not in (3, 4):
+            raise TypeError(f"a correlation network needs 3 or 4 inputs (s[, α], ζ², r_s), got {n}")
+        return EnhancedCorrelation(network, use_alpha=n == 4, self_interaction_free=n == 4)
 
     def energy_density(
         self,

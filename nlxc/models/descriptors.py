@@ -1,0 +1,113 @@
+"""Nonlocal density descriptors for the model zoo.
+
+- [`AtomDensityProjection`][nlxc.models.AtomDensityProjection]: projections of the density onto
+  atom-centred radial × real-spherical-harmonic functions (the descriptors of DeePKS, Chen et al.,
+  J. Chem. Theory Comput. 17, 170 (2021), doi:10.1021/acs.jctc.0c00872, and NeuralXC, Dick &
+  Fernandez-Serra, Nat. Commun. 11, 3509 (2020), doi:10.1038/s41467-020-17265-7), and their
+  rotation-invariant power spectrum.
+- [`local_inputs`][nlxc.models.local_inputs]: the bounded semilocal inputs the zoo's networks
+  read at every grid point.
+"""
+
+from __future__ import annotations
+
+import math
+
+import e3nn_jax as e3nn
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ..xc.constraints import squash_alpha, squash_s
+from ..xc.features import LocalFeatures
+
+__all__ = ["AtomDensityProjection", "local_inputs", "lda_exchange_energy_density", "N_LOCAL_INPUTS"]
+
+N_LOCAL_INPUTS = 4
+_CX = 0.75 * (3.0 / math.pi) ** (1.0 / 3.0)
+
+
+def local_inputs(features: LocalFeatures) -> Float[Array, "4 ngrid"]:
+    """(u, w, ζ², v) per grid point: u = s²/(1+s²), w = (1−α)/(1+α), ζ², v = r_s/(1+r_s).
+
+    All four are bounded, dimensionless, and invariant under rotations, translations and spin
+    flip; (u, w) = (0, 0) for the uniform gas.
+    """
+    return jnp.stack([squash_s(features.s), squash_alpha(features.alpha), features.zeta**2,
+                      features.rs / (1.0 + features.rs)])
+
+
+def lda_exchange_energy_density(n: Float[Array, " ngrid"], mask) -> Float[Array, " ngrid"]:
+    """Unpolarised Slater exchange per unit volume, −(3/4)(3/π)^{1/3} n^{4/3} (Hartree/Bohr³).
+
+    The energy scale that the zoo's nonlocal corrections multiply (libxc LDA_X, ID 1). Zero
+    where `mask` is false.
+    """
+    return jnp.where(mask, -_CX * jnp.where(mask, n, 1.0) ** (4.0 / 3.0), 0.0)
+
+
+def _cosine_cutoff(r, cutoff):
+    return jnp.where(r < cutoff, 0.5 * (jnp.cos(math.pi * r / cutoff) + 1.0), 0.0)
+
+
+class AtomDensityProjection(eqx.Module):
+    """c_{A,nlm} = Σ_g w_g n(r_g) R_n(|r_g − R_A|) Y_lm(r̂_gA): the density projected on atom A.
+
+    R_n(r) = exp(−r²/(2σ_n²)) f_c(r) with widths σ_n (Bohr) and the cosine cutoff
+    f_c(r) = ½(cos(πr/r_c) + 1) for r < r_c; Y_lm are e3nn's real spherical harmonics
+    (component normalisation) for l ≤ `lmax`. Under a rotation of the molecule (and its grid)
+    the coefficients of each (n, l) rotate by the Wigner matrix D^l, so the power spectrum
+    p_{A,nn'l} = Σ_m c_{A,nlm} c_{A,n'lm} is invariant; so are translations and atom
+    permutations. Cost O(natom · ngrid · n_radial · (lmax+1)²) time and memory.
+
+    **Fields** (static): `widths` (default (0.3, 0.6, 1.2, 2.4) Bohr), `lmax` (default 2),
+    `cutoff` r_c (default 6 Bohr).
+    """
+
+    widths: tuple[float, ...] = eqx.field(static=True, default=(0.3, 0.6, 1.2, 2.4))
+    lmax: int = eqx.field(static=True, default=2)
+    cutoff: float = eqx.field(static=True, default=6.0)
+
+    @property
+    def irreps(self) -> e3nn.Irreps:
+        """The irreps of one atom's coefficients: n_radial × (0e + 1o + 2e + …)."""
+        return e3nn.Irreps([(len(self.widths), (l, (-1) ** l)) for l in range(self.lmax + 1)])
+
+    def coefficients(
+        self, n: Float[Array, " ngrid"], weights: Float[Array, " ngrid"], coords: Float[Array, "ngrid 3"],
+        atom_coords: Float[Array, "natom 3"],
+    ) -> e3nn.IrrepsArray:
+        """c_{A,nlm} as an `IrrepsArray` of shape `(natom, n_radial · (lmax+1)²)`, irreps `self.irreps`."""
+        vectors = coords[None, :, :] - atom_coords[:, None, :]  # (natom, ngrid, 3)
+        r2 = jnp.sum(vectors**2, axis=-1)
+        r = jnp.sqrt(r2 + 1e-24)
+        widths = jnp.asarray(self.widths)
+        radial = jnp.exp(-r2[..., None] / (2.0 * widths**2)) * _cosine_cutoff(r, self.cutoff)[..., None]
+        # unit vectors (the tiny shift keeps r = 0 finite; Y_lm there is multiplied by R_n·n·w)
+        sh = e3nn.spherical_harmonics(e3nn.Irreps.spherical_harmonics(self.lmax), vectors / r[..., None],
+                                      normalize=False, normalization="component").array
+        weighted = (weights * n)[None, :, None] * radial  # (natom, ngrid, nrad)
+        c = jnp.einsum("agn,agm->anm", weighted, sh)  # (natom, nrad, (lmax+1)²)
+        blocks = [c[:, :, l * l:(l + 1) ** 2].reshape(c.shape[0], -1) for l in range(self.lmax + 1)]
+        return e3nn.IrrepsArray(self.irreps, jnp.concatenate(blocks, axis=-1))
+
+    def power_spectrum(self, coefficients: e3nn.IrrepsArray) -> Float[Array, "natom nfeat"]:
+        """p_{A,nn'l} = Σ_m c_{nlm} c_{n'lm} for n ≤ n', l ≤ lmax, then asinh (scale compression).
+
+        Shape `(natom, n_radial (n_radial + 1)/2 · (lmax + 1))`.
+        """
+        nrad = len(self.widths)
+        iu = np.triu_indices(nrad)
+        out = []
+        for l, chunk in enumerate(coefficients.chunks):
+            c = chunk  # (natom, nrad, 2l+1)
+            p = jnp.einsum("anm,akm->ank", c, c) / math.sqrt(2 * l + 1)
+            out.append(p[:, iu[0], iu[1]])
+        return jnp.arcsinh(jnp.concatenate(out, axis=-1))
+
+    @property
+    def n_invariants(self) -> int:
+        """Length of the power spectrum per atom."""
+        nrad = len(self.widths)
+        return nrad * (nrad + 1) // 2 * (self.lmax + 1)

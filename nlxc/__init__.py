@@ -8,8 +8,10 @@ import jax as _jax
 _jax.config.update("jax_enable_x64", True)
 
 from . import batch, data, models, scf, xc  # noqa: E402
+from . import losses  # noqa: E402
 from ._errors import InputError  # noqa: E402
 from .grid import Density  # noqa: E402
+from .grid_operators import AuxiliaryGridOperators, GridOperatorSpec  # noqa: E402
 from .properties import density_on_grid, dipole_moment, homo_lumo  # noqa: E402
 from .scf import SCFResult, solve  # noqa: E402
 from .system import System, build_mole, mole_from_xyz, pad_system, pad_to_common_shape  # noqa: E402
@@ -18,7 +20,10 @@ from .xc import get_functional  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuxiliaryGridOperators",
+    "GridOperatorSpec",
     "Density",
+    "losses",
     "batch",
     "data",
     "InputError",

@@ -87,8 +87,9 @@ def stack(systems: Sequence[System]) -> System:
     If the Systems mix restricted and unrestricted ones, all are made unrestricted
     ([`as_unrestricted`][nlxc.batch.as_unrestricted]).
 
-    **Raises:** `ValueError` for an empty list or unequal shapes (pad them first with
-    [`nlxc.pad_system`][] or use [`make_batches`][nlxc.batch.make_batches]).
+    **Raises:** `ValueError` for an empty list, unequal shapes (pad them first with
+    [`nlxc.pad_system`][] or use [`make_batches`][nlxc.batch.make_batches]), or Systems whose
+    grid operators ([`nlxc.AuxiliaryGridOperators`][]) differ in kind.
     """
     systems = list(systems)
     if not systems:
@@ -98,6 +99,10 @@ def stack(systems: Sequence[System]) -> System:
         raise ValueError(
             f"Systems have different (nao, naux, ngrid, natom) {sorted(shapes)}; pad them to one shape first"
         )
+    operators = {None if s.grid_operators is None else s.grid_operators.spec for s in systems}
+    if len(operators) > 1:
+        raise ValueError(f"Systems carry different grid operators {sorted(map(str, operators))}; "
+                         "build them all with the same grid_operators spec")
     if len({s.restricted for s in systems}) > 1:
         systems = [as_unrestricted(s) for s in systems]
     if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(systems[0])):

@@ -134,3 +134,20 @@ def test_cdiis_converges_an_open_shell_atom_where_density_diis_oscillates():
     reference = mf.kernel()
     assert mf.converged
     assert abs(float(converged.energy) - reference) < 1e-6
+
+
+def test_zero_safe_solver_answers_trivial_right_hand_sides():
+    """BiCGStab gives NaN for b = 0 and for A b = b (it converges in a half-step, then 0/0);
+    the wrapper returns the exact solutions 0 and b, and solves everything else as before."""
+    import lineax as lx
+
+    from nlxc.scf.adjoint import ZeroSafeSolver
+
+    a = lx.MatrixLinearOperator(jnp.diag(jnp.array([1.0, 2.0, 3.0])))
+    eigen = jnp.array([1.0, 0.0, 0.0])
+    plain = lx.BiCGStab(rtol=1e-10, atol=1e-12)
+    assert not bool(jnp.all(jnp.isfinite(lx.linear_solve(a, eigen, plain, throw=False).value)))
+    safe = ZeroSafeSolver(plain)
+    np.testing.assert_array_equal(lx.linear_solve(a, eigen, safe).value, eigen)
+    np.testing.assert_array_equal(lx.linear_solve(a, jnp.zeros(3), safe).value, jnp.zeros(3))
+    np.testing.assert_allclose(lx.linear_solve(a, jnp.ones(3), safe).value, [1.0, 0.5, 1 / 3], rtol=1e-10)

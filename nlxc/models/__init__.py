@@ -7,18 +7,43 @@ unless stated otherwise.
 """
 
 from .atomic import AtomCentredCorrection, EquivariantCorrection
-from .attention import AtomAttention
+from .attention import AtomAttention, GridAttention
 from .grid_atom import GridAtomMessagePassing
+from .graph import CoarseGraphNetwork, GridGraphNetwork
+from .operator import AuxiliaryNeuralOperator
+from .neighbours import AtomNeighbours, GridNeighbours, atom_neighbours, grid_neighbours
 from ._mlp import MLP
 from .descriptors import AtomDensityProjection, lda_exchange_energy_density, local_inputs
+from .local_exchange import LocalHybrid, local_exact_exchange, uniform_gas_long_range_fraction
+from .cider import (
+    DEFAULT_CIDER_EXPONENTS,
+    DEFAULT_CIDER_SCALES,
+    NonlocalEnhancedExchange,
+    gaussian_density_descriptors,
+)
 
 __all__ = [
     "MLP",
     "AtomAttention",
     "AtomCentredCorrection",
     "AtomDensityProjection",
+    "AtomNeighbours",
+    "AuxiliaryNeuralOperator",
+    "CoarseGraphNetwork",
+    "GridAttention",
+    "GridGraphNetwork",
+    "GridNeighbours",
+    "atom_neighbours",
+    "grid_neighbours",
     "EquivariantCorrection",
     "GridAtomMessagePassing",
     "lda_exchange_energy_density",
     "local_inputs",
+    "DEFAULT_CIDER_EXPONENTS",
+    "DEFAULT_CIDER_SCALES",
+    "LocalHybrid",
+    "NonlocalEnhancedExchange",
+    "gaussian_density_descriptors",
+    "local_exact_exchange",
+    "uniform_gas_long_range_fraction",
 ]

@@ -15,11 +15,11 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..xc._base import AbstractFunctional
 from ._mlp import MLP
-from .descriptors import AtomDensityProjection
+from .descriptors import MAX_ATOMIC_NUMBER, AbstractAtomNeighbourModel, AtomDensityProjection, _element_embedding
+from .neighbours import AtomNeighbours
 
 __all__ = ["AtomCentredCorrection", "EquivariantCorrection"]
 
-MAX_ATOMIC_NUMBER = 36
 
 
 def _atom_mask_and_numbers(system):
@@ -31,7 +31,7 @@ def _total_density(density):
     return density.rho[0] + density.rho[1]
 
 
-class AtomCentredCorrection(AbstractFunctional):
+class AtomCentredCorrection(AbstractAtomNeighbourModel):
     """E = Σ_A ε_θ(p_A, e_{Z_A}) (Hartree): an energy correction from atom-centred density descriptors.
 
     p_A is the rotation-invariant power spectrum of the density projected on atom A
@@ -43,29 +43,37 @@ class AtomCentredCorrection(AbstractFunctional):
 
     Invariant to rotations, translations and atom permutations; size-consistent for fragments
     farther apart than the projection cutoff (6 Bohr by default) plus their density's extent.
-    Padded atoms (charge 0) contribute nothing. Cost O(natom · ngrid) per evaluation.
+    Padded atoms (charge 0) contribute nothing. Cost O(ngrid · k) per evaluation, k the number
+    of atoms within the cutoff of a grid point (at most `max_atoms`, default 24; more raises).
     """
 
     projection: AtomDensityProjection
     embedding: Float[Array, "nelement dim"]
     network: MLP
+    neighbours: AtomNeighbours | None
+    max_atoms: int = eqx.field(static=True)
 
     def __init__(self, *, embedding_dim: int = 8, width: int = 32, depth: int = 2,
                  projection: AtomDensityProjection | None = None, final_scale: float = 1e-3,
-                 key: PRNGKeyArray):
+                 max_atoms: int = 24, key: PRNGKeyArray):
         k1, k2 = jr.split(key)
+        self.neighbours, self.max_atoms = None, max_atoms
         self.projection = AtomDensityProjection() if projection is None else projection
-        self.embedding = 0.1 * jr.normal(k1, (MAX_ATOMIC_NUMBER + 1, embedding_dim), dtype=jnp.float64)
+        self.embedding = _element_embedding(k1, embedding_dim)
         self.network = MLP(self.projection.n_invariants + embedding_dim, width=width, depth=depth,
                            final_scale=final_scale, key=k2)
 
     def atomic_energies(self, density, density_matrix, system) -> Float[Array, " natom"]:
         """ε_A per atom (Hartree), zero for padded atoms."""
         mask, z = _atom_mask_and_numbers(system)
-        c = self.projection.coefficients(_total_density(density), system.grid_weights,
-                                         system.grid_coords, system.atom_coords)
+        c = self.projection.coefficients(_total_density(density), system.grid_weights, system.grid_coords,
+                                         system.atom_coords, self.atom_neighbours(system))
         x = jnp.concatenate([self.projection.power_spectrum(c), self.embedding[z]], axis=1)
         return jnp.where(mask, self.network(x.T), 0.0)
+
+    @property
+    def neighbour_cutoff(self) -> float:
+        return self.projection.cutoff
 
     def __call__(self, density, density_matrix, system):
         return jnp.sum(self.atomic_energies(density, density_matrix, system))
@@ -98,7 +106,7 @@ def _atom_interaction(h, atom_coords, mask, radial_weights, cutoff, lmax, messag
     return h + jax.vmap(update)(m)
 
 
-class EquivariantCorrection(AbstractFunctional):
+class EquivariantCorrection(AbstractAtomNeighbourModel):
     """An equivariant atom-centred density-descriptor network (e3nn-jax) giving an energy correction.
 
     Each atom starts from its density projection c_A (irreps n_radial × (0e + 1o + … + lmax)),
@@ -114,7 +122,8 @@ class EquivariantCorrection(AbstractFunctional):
 
     Equivariant features, invariant energy: rotations, translations and atom permutations
     leave E unchanged; size-consistent for fragments farther apart than `cutoff` and the
-    projection's cutoff. Cost O(natom · ngrid) for the projection plus O(natom²) messages.
+    projection's cutoff. Cost O(ngrid · k) for the projection (k atoms within the cutoff of a
+    grid point, at most `max_atoms`) plus O(natom²) messages.
     """
 
     projection: AtomDensityProjection
@@ -124,20 +133,23 @@ class EquivariantCorrection(AbstractFunctional):
     update: e3eqx.Linear
     radial_weights: Float[Array, " nbasis"]
     readout: MLP
+    neighbours: AtomNeighbours | None
     hidden_irreps: str = eqx.field(static=True)
     cutoff: float = eqx.field(static=True)
+    max_atoms: int = eqx.field(static=True)
 
     def __init__(self, *, hidden_irreps: str = "8x0e + 4x1o + 4x2e", cutoff: float = 6.0,
                  embedding_dim: int = 8, n_radial_basis: int = 8, final_scale: float = 1e-3,
-                 projection: AtomDensityProjection | None = None, key: PRNGKeyArray):
+                 projection: AtomDensityProjection | None = None, max_atoms: int = 24, key: PRNGKeyArray):
         keys = jr.split(key, 6)
+        self.neighbours, self.max_atoms = None, max_atoms
         self.projection = AtomDensityProjection() if projection is None else projection
         self.hidden_irreps = hidden_irreps
         self.cutoff = cutoff
         hidden = e3nn.Irreps(hidden_irreps)
         sh = e3nn.Irreps.spherical_harmonics(self.projection.lmax)
         product = e3nn.tensor_product(hidden, sh)
-        self.embedding = 0.1 * jr.normal(keys[0], (MAX_ATOMIC_NUMBER + 1, embedding_dim), dtype=jnp.float64)
+        self.embedding = _element_embedding(keys[0], embedding_dim)
         self.mix = e3eqx.Linear(irreps_in=self.projection.irreps, irreps_out=hidden,
                                 input_dtype=jnp.float64, key=keys[1])
         self.message = e3eqx.Linear(irreps_in=product, irreps_out=hidden, input_dtype=jnp.float64, key=keys[2])
@@ -149,8 +161,8 @@ class EquivariantCorrection(AbstractFunctional):
     def atomic_energies(self, density, density_matrix, system) -> Float[Array, " natom"]:
         """ε_A per atom (Hartree), zero for padded atoms."""
         mask, z = _atom_mask_and_numbers(system)
-        c = self.projection.coefficients(_total_density(density), system.grid_weights,
-                                         system.grid_coords, system.atom_coords)
+        c = self.projection.coefficients(_total_density(density), system.grid_weights, system.grid_coords,
+                                         system.atom_coords, self.atom_neighbours(system))
         # compress the scale of the coefficients (core densities are large) without breaking
         # equivariance: divide each atom's (n, l) block by (1 + its norm)
         c = e3nn.IrrepsArray(c.irreps, c.array) / (1.0 + e3nn.norm(c, per_irrep=True).array.mean(-1, keepdims=True))
@@ -160,6 +172,10 @@ class EquivariantCorrection(AbstractFunctional):
         scalars = h.filter(keep=["0e"]).array
         x = jnp.concatenate([scalars, self.embedding[z]], axis=1)
         return jnp.where(mask, self.readout(x.T), 0.0)
+
+    @property
+    def neighbour_cutoff(self) -> float:
+        return self.projection.cutoff
 
     def __call__(self, density, density_matrix, system):
         return jnp.sum(self.atomic_energies(density, density_matrix, system))

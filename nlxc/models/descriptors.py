@@ -9,22 +9,30 @@
   read at every grid point.
 """
 
-from __future__ import annotations
+
 
 import math
 
+import abc
+
 import e3nn_jax as e3nn
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from equinox import AbstractVar
+
+from ..xc._base import AbstractFunctional
 from ..xc.constraints import squash_alpha, squash_s
 from ..xc.features import LocalFeatures
+from .neighbours import AtomNeighbours, atom_neighbours
 
 __all__ = ["AtomDensityProjection", "local_inputs", "lda_exchange_energy_density", "N_LOCAL_INPUTS"]
 
 N_LOCAL_INPUTS = 4
+MAX_ATOMIC_NUMBER = 36
 _CX = 0.75 * (3.0 / math.pi) ** (1.0 / 3.0)
 
 
@@ -51,6 +59,72 @@ def _cosine_cutoff(r, cutoff):
     return jnp.where(r < cutoff, 0.5 * (jnp.cos(math.pi * r / cutoff) + 1.0), 0.0)
 
 
+def _slot_basis(coords, atom_coords, index, mask, widths, cutoff, lmax):
+    """R_n(|r_g − R_A|) `(ngrid, nrad)` and Y_lm(r̂_gA) `(ngrid, (lmax+1)²)` for one neighbour slot
+    (atom A = `index[g]` of each grid point g; zero where `mask` is false) (private helper).
+
+    Gaussian radial functions exp(−r²/(2σ_n²)) times the cosine cutoff, and e3nn's real spherical
+    harmonics (component normalisation) of the unit vectors from the atom to the grid point
+    (a 1e-24 shift keeps r = 0 finite; Y_lm there is multiplied by R_n and the density).
+    """
+    vectors = coords - atom_coords[index]  # (ngrid, 3)
+    r2 = jnp.sum(vectors**2, axis=-1)
+    r = jnp.sqrt(r2 + 1e-24)
+    envelope = jnp.where(mask, _cosine_cutoff(r, cutoff), 0.0)
+    radial = jnp.exp(-r2[:, None] / (2.0 * jnp.asarray(widths) ** 2)) * envelope[:, None]
+    sh = e3nn.spherical_harmonics(e3nn.Irreps.spherical_harmonics(lmax), vectors / r[:, None],
+                                  normalize=False, normalization="component").array
+    return radial, sh
+
+
+def _scan_slots(body, init, neighbours):
+    """Run `carry = body(carry, index_j, mask_j)` over the neighbour slots j (a `lax.scan`, so the
+    (grid point, slot) products are never all in memory at once) (private helper)."""
+
+    def step(carry, xs):
+        return body(carry, *xs), None
+
+    carry, _ = jax.lax.scan(step, init, (neighbours.index.T, neighbours.mask.T))
+    return carry
+
+
+class AbstractAtomNeighbourModel(AbstractFunctional):
+    """A model that couples every grid point to the atoms within `neighbour_cutoff` (private base).
+
+    [`prepare`][nlxc.xc.AbstractFunctional.prepare] stores the
+    [`AtomNeighbours`][nlxc.models.AtomNeighbours] list once per SCF; every evaluation then costs
+    O(ngrid · k) with k = min(`max_atoms`, natom), linear in the grid size for a bounded number of
+    atoms within the cutoff.
+    """
+
+    neighbours: AbstractVar[AtomNeighbours | None]
+    max_atoms: AbstractVar[int]
+
+    @property
+    @abc.abstractmethod
+    def neighbour_cutoff(self) -> float:
+        """Radius (Bohr) within which grid points and atoms interact."""
+
+    def atom_neighbours(self, system) -> AtomNeighbours:
+        """The stored neighbour list, or a freshly built one if the model is not prepared."""
+        if self.neighbours is not None:
+            return self.neighbours
+        return atom_neighbours(system.grid_coords, system.grid_weights, system.atom_coords,
+                               system.atom_charges, self.neighbour_cutoff, self.max_atoms)
+
+    def prepare(self, system):
+        nb = atom_neighbours(system.grid_coords, system.grid_weights, system.atom_coords,
+                             system.atom_charges, self.neighbour_cutoff, self.max_atoms)
+        return eqx.tree_at(lambda m: m.neighbours, self, nb, is_leaf=lambda x: x is None)
+
+
+def _element_embedding(key, dim):
+    """A learnable table of element embeddings, `(MAX_ATOMIC_NUMBER + 1, dim)`, N(0, 0.1²) (private helper)."""
+    import jax.random as jr
+
+    return 0.1 * jr.normal(key, (MAX_ATOMIC_NUMBER + 1, dim), dtype=jnp.float64)
+
+
 class AtomDensityProjection(eqx.Module):
     """c_{A,nlm} = Σ_g w_g n(r_g) R_n(|r_g − R_A|) Y_lm(r̂_gA): the density projected on atom A.
 
@@ -59,7 +133,8 @@ class AtomDensityProjection(eqx.Module):
     (component normalisation) for l ≤ `lmax`. Under a rotation of the molecule (and its grid)
     the coefficients of each (n, l) rotate by the Wigner matrix D^l, so the power spectrum
     p_{A,nn'l} = Σ_m c_{A,nlm} c_{A,n'lm} is invariant; so are translations and atom
-    permutations. Cost O(natom · ngrid · n_radial · (lmax+1)²) time and memory.
+    permutations. Cost O(ngrid · k · n_radial · (lmax+1)²) time and memory for k atoms per grid
+    point within the cutoff (linear in the grid size).
 
     **Fields** (static): `widths` (default (0.3, 0.6, 1.2, 2.4) Bohr), `lmax` (default 2),
     `cutoff` r_c (default 6 Bohr).
@@ -76,19 +151,20 @@ class AtomDensityProjection(eqx.Module):
 
     def coefficients(
         self, n: Float[Array, " ngrid"], weights: Float[Array, " ngrid"], coords: Float[Array, "ngrid 3"],
-        atom_coords: Float[Array, "natom 3"],
+        atom_coords: Float[Array, "natom 3"], neighbours: AtomNeighbours,
     ) -> e3nn.IrrepsArray:
-        """c_{A,nlm} as an `IrrepsArray` of shape `(natom, n_radial · (lmax+1)²)`, irreps `self.irreps`."""
-        vectors = coords[None, :, :] - atom_coords[:, None, :]  # (natom, ngrid, 3)
-        r2 = jnp.sum(vectors**2, axis=-1)
-        r = jnp.sqrt(r2 + 1e-24)
-        widths = jnp.asarray(self.widths)
-        radial = jnp.exp(-r2[..., None] / (2.0 * widths**2)) * _cosine_cutoff(r, self.cutoff)[..., None]
-        # unit vectors (the tiny shift keeps r = 0 finite; Y_lm there is multiplied by R_n·n·w)
-        sh = e3nn.spherical_harmonics(e3nn.Irreps.spherical_harmonics(self.lmax), vectors / r[..., None],
-                                      normalize=False, normalization="component").array
-        weighted = (weights * n)[None, :, None] * radial  # (natom, ngrid, nrad)
-        c = jnp.einsum("agn,agm->anm", weighted, sh)  # (natom, nrad, (lmax+1)²)
+        """c_{A,nlm} as an `IrrepsArray` of shape `(natom, n_radial · (lmax+1)²)`, irreps `self.irreps`.
+
+        `neighbours` lists the atoms within (at least) `self.cutoff` of every grid point
+        ([`atom_neighbours`][nlxc.models.atom_neighbours]); only those pairs are evaluated.
+        """
+        natom, wn = atom_coords.shape[0], weights * n
+
+        def pool(c, index, mask):
+            radial, sh = _slot_basis(coords, atom_coords, index, mask, self.widths, self.cutoff, self.lmax)
+            return c + jax.ops.segment_sum(jnp.einsum("g,gn,gm->gnm", wn, radial, sh), index, num_segments=natom)
+
+        c = _scan_slots(pool, jnp.zeros((natom, len(self.widths), (self.lmax + 1) ** 2)), neighbours)
         blocks = [c[:, :, l * l:(l + 1) ** 2].reshape(c.shape[0], -1) for l in range(self.lmax + 1)]
         return e3nn.IrrepsArray(self.irreps, jnp.concatenate(blocks, axis=-1))
 

@@ -10,18 +10,27 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..xc._base import AbstractFunctional
 from ..xc.features import LocalFeatures
 from ._mlp import MLP
-from .atomic import MAX_ATOMIC_NUMBER, _atom_mask_and_numbers, _atom_interaction
-from .descriptors import N_LOCAL_INPUTS, _cosine_cutoff, lda_exchange_energy_density, local_inputs
+from .neighbours import AtomNeighbours
+from .atomic import _atom_interaction, _atom_mask_and_numbers
+from .descriptors import (
+    N_LOCAL_INPUTS,
+    AbstractAtomNeighbourModel,
+    _element_embedding,
+    _scan_slots,
+    _slot_basis,
+    lda_exchange_energy_density,
+    local_inputs,
+)
 
 __all__ = ["GridAtomMessagePassing"]
 
 
-class GridAtomMessagePassing(AbstractFunctional):
+class GridAtomMessagePassing(AbstractAtomNeighbourModel):
     """Grid features pooled onto atoms, mixed equivariantly between atoms, broadcast back.
 
     1. Every grid point r gets channels h_c(r) = MLP(x(r)) of its local inputs
@@ -40,8 +49,9 @@ class GridAtomMessagePassing(AbstractFunctional):
 
     The two-level design follows Skala (Luise et al., arXiv:2506.14665) and EG-XC (Gao, Eberhard,
     Günnemann, arXiv:2410.07972): nonlocal information travels through a few atom-centred nodes, so
-    the cost is O(ngrid · natom) (grid ↔ atoms) + O(natom²) (atoms), linear in the grid size for a
-    given molecule. Invariant to rotations, translations and atom permutations; size-consistent
+    the cost is O(ngrid · k) (grid ↔ the k ≤ `max_atoms` atoms within `cutoff` of each point) +
+    O(natom²) (atoms), linear in the grid size. Invariant to rotations, translations and atom
+    permutations; size-consistent
     for fragments farther apart than the cutoffs.
     """
 
@@ -57,12 +67,15 @@ class GridAtomMessagePassing(AbstractFunctional):
     hidden_irreps: str = eqx.field(static=True)
     cutoff: float = eqx.field(static=True)
     n_gate: float = eqx.field(static=True)
+    neighbours: AtomNeighbours | None
+    max_atoms: int = eqx.field(static=True)
     lmax: int = eqx.field(static=True, default=2)
 
     def __init__(self, *, channels: int = 4, widths=(0.5, 1.0, 2.0), hidden_irreps: str = "8x0e + 4x1o + 4x2e",
                  cutoff: float = 6.0, n_gate: float = 1.0, embedding_dim: int = 8, n_radial_basis: int = 8,
-                 final_scale: float = 1e-2, key: PRNGKeyArray):
+                 final_scale: float = 1e-2, max_atoms: int = 24, key: PRNGKeyArray):
         keys = jr.split(key, 7)
+        self.neighbours, self.max_atoms = None, max_atoms
         self.widths, self.channels, self.hidden_irreps = tuple(widths), channels, hidden_irreps
         self.cutoff, self.n_gate, self.lmax = cutoff, n_gate, 2
         nrad = len(self.widths)
@@ -70,7 +83,7 @@ class GridAtomMessagePassing(AbstractFunctional):
         hidden = e3nn.Irreps(hidden_irreps)
         product = e3nn.tensor_product(hidden, e3nn.Irreps.spherical_harmonics(self.lmax))
         self.local = MLP(N_LOCAL_INPUTS, out_features=channels, width=16, final_scale=1.0, key=keys[0])
-        self.embedding = 0.1 * jr.normal(keys[1], (MAX_ATOMIC_NUMBER + 1, embedding_dim), dtype=jnp.float64)
+        self.embedding = _element_embedding(keys[1], embedding_dim)
         self.mix = e3eqx.Linear(irreps_in=pooled + e3nn.Irreps(f"{embedding_dim}x0e"), irreps_out=hidden,
                                 input_dtype=jnp.float64, key=keys[2])
         self.message = e3eqx.Linear(irreps_in=product, irreps_out=hidden, input_dtype=jnp.float64, key=keys[3])
@@ -79,6 +92,10 @@ class GridAtomMessagePassing(AbstractFunctional):
         n_broadcast = nrad * sum(mul for mul, _ in hidden)
         self.head = MLP(N_LOCAL_INPUTS + n_broadcast, width=32, final_scale=final_scale, key=keys[6])
 
+    @property
+    def neighbour_cutoff(self) -> float:
+        return self.cutoff
+
     def __call__(self, density, density_matrix, system):
         features = LocalFeatures.from_density(density)
         x = local_inputs(features)  # (4, ngrid)
@@ -86,37 +103,43 @@ class GridAtomMessagePassing(AbstractFunctional):
         mask, z = _atom_mask_and_numbers(system)
         natom = mask.shape[0]
 
-        # grid → atoms
-        vectors = system.grid_coords[None, :, :] - system.atom_coords[:, None, :]  # (natom, ngrid, 3)
-        r2 = jnp.sum(vectors**2, axis=-1)
-        r = jnp.sqrt(r2 + 1e-24)
-        widths = jnp.asarray(self.widths)
-        radial = jnp.exp(-r2[..., None] / (2.0 * widths**2)) * _cosine_cutoff(r, self.cutoff)[..., None]
-        sh = e3nn.spherical_harmonics(e3nn.Irreps.spherical_harmonics(self.lmax), vectors / r[..., None],
-                                      normalize=False, normalization="component").array  # (natom, ngrid, 9)
-        weighted = (system.grid_weights * features.n)[None, :, None] * radial  # (natom, ngrid, nrad)
-        a = jnp.einsum("agn,cg,agm->acnm", weighted, h, sh)  # (natom, c, nrad, 9)
+        nb = self.atom_neighbours(system)
+        coords, atom_coords, nrad = system.grid_coords, system.atom_coords, len(self.widths)
+
+        # grid → atoms, one neighbour slot at a time
+        wnh = (system.grid_weights * features.n)[None, :] * h  # (c, ngrid)
+
+        def pool(a, index, slot_mask):
+            radial, sh = _slot_basis(coords, atom_coords, index, slot_mask, self.widths, self.cutoff, self.lmax)
+            return a + jax.ops.segment_sum(jnp.einsum("cg,gn,gm->gcnm", wnh, radial, sh), index,
+                                           num_segments=natom)
+
+        a = _scan_slots(pool, jnp.zeros((natom, self.channels, nrad, (self.lmax + 1) ** 2)), nb)
         blocks = [a[..., l * l:(l + 1) ** 2].reshape(natom, -1) for l in range(self.lmax + 1)]
-        irreps = e3nn.Irreps([(self.channels * len(self.widths), (l, (-1) ** l)) for l in range(self.lmax + 1)])
+        irreps = e3nn.Irreps([(self.channels * nrad, (l, (-1) ** l)) for l in range(self.lmax + 1)])
         pooled = e3nn.IrrepsArray(irreps, jnp.concatenate(blocks, axis=-1))
         pooled = pooled / (1.0 + e3nn.norm(pooled, per_irrep=True).array.mean(-1, keepdims=True))
         pooled = e3nn.concatenate([pooled, e3nn.IrrepsArray(f"{self.embedding.shape[1]}x0e", self.embedding[z])], axis=-1)
         ha = jax.vmap(self.mix)(pooled)
 
         # atoms ↔ atoms
-        ha = _atom_interaction(ha, system.atom_coords, mask, self.radial_weights, self.cutoff, self.lmax,
+        ha = _atom_interaction(ha, atom_coords, mask, self.radial_weights, self.cutoff, self.lmax,
                               self.message, self.update)
         ha = e3nn.IrrepsArray(ha.irreps, jnp.where(mask[:, None], ha.array, 0.0))
+        chunks = [jnp.zeros((natom, mul, 2 * ir.l + 1)) if chunk is None else chunk
+                  for (mul, ir), chunk in zip(ha.irreps, ha.chunks)]
+        n_broadcast = sum(chunk.shape[1] for chunk in chunks)
 
         # atoms → grid: contract each (A, k, l) feature with Y_l(r̂_A), weight by R_n, sum over atoms
-        out = []
-        for (mul, ir), chunk in zip(ha.irreps, ha.chunks):
-            l = ir.l
-            if chunk is None:
-                chunk = jnp.zeros((natom, mul, 2 * l + 1))
-            s = jnp.einsum("akm,agm->agk", chunk, sh[..., l * l:(l + 1) ** 2])  # (natom, ngrid, k)
-            out.append(jnp.einsum("agn,agk->nkg", radial, s).reshape(-1, s.shape[1]))
-        b = jnp.concatenate(out, axis=0)  # (nrad · Σk, ngrid)
+        def broadcast(b, index, slot_mask):
+            radial, sh = _slot_basis(coords, atom_coords, index, slot_mask, self.widths, self.cutoff, self.lmax)
+            s = jnp.concatenate([jnp.einsum("gkm,gm->gk", chunk[index], sh[:, l * l:(l + 1) ** 2])
+                                 for (_, ir), chunk in zip(ha.irreps, chunks) for l in (ir.l,)], axis=1)
+            return b + jnp.einsum("gn,gk->nkg", radial, s)
+
+        b = _scan_slots(broadcast, jnp.zeros((nrad, n_broadcast, coords.shape[0])), nb)
+        splits = np.cumsum([chunk.shape[1] for chunk in chunks])[:-1]
+        b = jnp.concatenate([x.reshape(-1, coords.shape[0]) for x in jnp.split(b, splits, axis=1)])  # (nrad · Σk, ngrid)
         g = self.head(jnp.concatenate([x, jnp.arcsinh(b)], axis=0))
         gate = 1.0 / (1.0 + (features.n / self.n_gate) ** 2)
         e = lda_exchange_energy_density(features.n, features.mask) * g * gate

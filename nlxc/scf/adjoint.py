@@ -12,13 +12,19 @@ import optimistix as optx
 
 
 class ZeroSafeSolver(lx.AbstractLinearSolver):
-    """A Krylov linear solver that returns x = 0 for a zero right-hand side.
+    """A Krylov linear solver that answers two trivial right-hand sides exactly.
 
-    BiCGStab and GMRES divide by the norm of the initial residual, so a zero right-hand side
-    gives 0/0 = NaN. That case is common, not exotic: a molecule whose energy does not enter
-    the loss (a masked filler entry of a padded batch, a zero loss weight) has a zero
-    cotangent, hence a zero adjoint right-hand side. This wrapper answers it with the exact
-    solution 0 (under `jax.vmap`, per batch entry).
+    BiCGStab and GMRES divide by norms that vanish in two cases that are common, not exotic,
+    in SCF adjoints, and return NaN there:
+
+    - a zero right-hand side: a molecule whose energy does not enter the loss (a masked filler
+      entry of a padded batch, a zero loss weight) has a zero cotangent. The solution is x = 0.
+    - a right-hand side b with A b = b (an eigenvector of eigenvalue 1): for the adjoint
+      operator I − Jᵀ this is a cotangent that the SCF map's Jacobian annihilates, e.g. H2 in a
+      minimal basis, whose density is fixed by symmetry. BiCGStab then converges in its first
+      half-step and computes 0/0. The solution is x = b (taken when ‖b − A b‖ ≤ 1e-13 ‖b‖).
+
+    Everything else goes to the wrapped solver (under `jax.vmap`, per batch entry).
     """
 
     inner: lx.AbstractLinearSolver
@@ -27,20 +33,31 @@ class ZeroSafeSolver(lx.AbstractLinearSolver):
         return self.inner.init(operator, options)
 
     def compute(self, state, vector, options: dict[str, Any]):
+        def norm(tree):
+            return jnp.sqrt(sum(jnp.sum(jnp.abs(x) ** 2) for x in jax.tree.leaves(tree)))
+
         zero = jnp.logical_not(
             jnp.any(jnp.stack([jnp.any(x != 0) for x in jax.tree.leaves(vector)]))
         )
+        # lineax's Krylov solvers keep the (linearised) operator as their state
+        if isinstance(state, lx.AbstractLinearOperator):
+            image = state.mv(vector)
+            fixed = norm(jax.tree.map(lambda b, ab: b - ab, vector, image)) <= 1e-13 * norm(vector)
+        else:
+            fixed = jnp.asarray(False)
 
         def solved():
             return self.inner.compute(state, vector, options)
 
-        def trivial():
-            struct = jax.eval_shape(solved)
-            solution = jax.tree.map(jnp.zeros_like, vector)
+        struct = jax.eval_shape(solved)
+
+        def trivial(solution):
             stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), struct[2])
             return solution, lx.RESULTS.successful, stats
 
-        return jax.lax.cond(zero, trivial, solved)
+        index = jnp.where(zero, 0, jnp.where(fixed, 1, 2))
+        return jax.lax.switch(index, [lambda: trivial(jax.tree.map(jnp.zeros_like, vector)),
+                                      lambda: trivial(vector), solved])
 
     def transpose(self, state, options: dict[str, Any]):
         return self.inner.transpose(state, options)

@@ -126,6 +126,7 @@ def solve(
     **Returns:** an [`SCFResult`][nlxc.scf.SCFResult].
     """
     p0 = system.initial_density_matrix if initial_density_matrix is None else initial_density_matrix
+    functional = functional.prepare(system)  # geometry-only precomputation, once per solve
     shift = jnp.asarray(getattr(solver, "level_shift", 0.0), dtype=p0.dtype)
     args = (functional, system, shift, smearing)
     if isinstance(adjoint, UnrolledAdjoint):

@@ -46,6 +46,19 @@ class AbstractFunctional(eqx.Module):
         **Returns:** a scalar, E_xc in Hartree.
         """
 
+    def prepare(self, system: System) -> AbstractFunctional:
+        """This functional specialised to `system`: geometry-only work done once per SCF.
+
+        [`nlxc.scf.solve`][] calls `functional.prepare(system)` once before iterating and uses
+        the result in every Fock build (and in the adjoint solve). Models that need data
+        depending only on the geometry (e.g. neighbour lists between grid points and atoms)
+        return a copy holding it; the default returns `self`. Calling an unprepared functional
+        gives the same energy (such models then build their data on the fly), only slower.
+        The trainable parameters of the result are those of `self`, so gradients flow back.
+        A prepared functional is only valid for Systems with the same geometry and grid.
+        """
+        return self
+
     def __add__(self, other: AbstractFunctional) -> Sum:
         if not isinstance(other, AbstractFunctional):
             return NotImplemented
@@ -118,6 +131,9 @@ class Sum(AbstractFunctional):
 
     terms: tuple[AbstractFunctional, ...]
 
+    def prepare(self, system):
+        return Sum(tuple(t.prepare(system) for t in self.terms))
+
     def __call__(self, density, density_matrix, system):
         return sum(t(density, density_matrix, system) for t in self.terms)
 
@@ -134,6 +150,9 @@ class Scaled(AbstractFunctional):
 
     coefficient: Float[Array, ""]
     functional: AbstractFunctional
+
+    def prepare(self, system):
+        return Scaled(self.coefficient, self.functional.prepare(system))
 
     def __call__(self, density, density_matrix, system):
         return self.coefficient * self.functional(density, density_matrix, system)

@@ -189,7 +189,7 @@ def main(argv=None):
 
     import nlxc
 
-    from nlxc.interop.pyscf import required_grid_operators
+    from nlxc.grid_operators import required_grid_operators
 
     rows, sizes = {}, {}
     catalogue = {label: f for label, f in models().items() if not args.models or label in args.models}

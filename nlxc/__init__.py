@@ -9,6 +9,7 @@ _jax.config.update("jax_enable_x64", True)
 
 from . import batch, data, models, scf, xc  # noqa: E402
 from . import losses  # noqa: E402
+from . import evaluation, train  # noqa: E402
 from ._errors import InputError  # noqa: E402
 from .grid import Density  # noqa: E402
 from .grid_operators import AuxiliaryGridOperators, GridOperatorSpec  # noqa: E402
@@ -24,6 +25,8 @@ __all__ = [
     "GridOperatorSpec",
     "Density",
     "losses",
+    "evaluation",
+    "train",
     "batch",
     "data",
     "InputError",

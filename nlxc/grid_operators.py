@@ -48,7 +48,7 @@ from jaxtyping import Array, Float
 
 from ._errors import InputError
 
-__all__ = ["AuxiliaryGridOperators", "GridOperatorSpec", "build_grid_operators"]
+__all__ = ["AuxiliaryGridOperators", "GridOperatorSpec", "build_grid_operators", "required_grid_operators"]
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -91,6 +91,10 @@ class GridOperatorSpec:
     omegas: tuple[float, ...] = ()
     exponents: tuple[float, ...] = ()
     projection: bool = False
+
+    def __bool__(self) -> bool:
+        """`False` for the empty spec (no operator is needed)."""
+        return bool(self.omegas or self.exponents or self.projection)
 
     def __post_init__(self):
         omegas = _as_float_tuple(self.omegas, "omegas") if len(np.atleast_1d(self.omegas)) else ()
@@ -318,3 +322,20 @@ def _check_against_cderi(mol, auxmol, kind, factor, cderi):
     if err > _CDERI_CHECK_TOLERANCE * max(1.0, float(np.max(np.abs(cderi)))):
         raise InputError(f"the grid operators' auxiliary metric does not reproduce the DF tensor "
                          f"(max deviation {err:.2e}); use the same auxbasis as the System")
+
+
+def required_grid_operators(functional) -> GridOperatorSpec:
+    """The union of the `required_grid_operators` of every part of `functional`.
+
+    Walks the functional's tree (sums, scaled terms, models) and combines, with `|`, the
+    [`nlxc.GridOperatorSpec`][] of every sub-module that declares one (e.g.
+    [`nlxc.models.LocalHybrid`][]). Returns an empty spec when no part needs grid operators.
+    """
+    spec = GridOperatorSpec()
+    has_spec = lambda x: isinstance(getattr(type(x), "required_grid_operators", None), property)  # noqa: E731
+    for part in jax.tree_util.tree_leaves(functional, is_leaf=has_spec):
+        if has_spec(part):
+            spec = spec | part.required_grid_operators
+    return spec
+
+

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import InputError
-from ..grid_operators import GridOperatorSpec
+from ..grid_operators import GridOperatorSpec, required_grid_operators
 from ..scf._energy import energy_components
 from ..system import System
 from ..xc._base import AbstractFunctional
@@ -61,21 +61,6 @@ def _two_electron_part(functional, system, density_matrix):
     fitted = jnp.einsum("Qmn,mn->Q", system.cderi, density_matrix[0] + density_matrix[1])
     coulomb_matrix = jnp.einsum("Q,Qmn->mn", fitted, system.cderi)
     return components.coulomb, components.xc, potential, coulomb_matrix
-
-
-def required_grid_operators(functional: AbstractFunctional) -> GridOperatorSpec:
-    """The union of the `required_grid_operators` of every part of `functional`.
-
-    Walks the functional's tree (sums, scaled terms, models) and combines, with `|`, the
-    [`nlxc.GridOperatorSpec`][] of every sub-module that declares one (e.g.
-    [`nlxc.models.LocalHybrid`][]). Returns an empty spec when no part needs grid operators.
-    """
-    spec = GridOperatorSpec()
-    has_spec = lambda x: isinstance(getattr(type(x), "required_grid_operators", None), property)  # noqa: E731
-    for part in jax.tree_util.tree_leaves(functional, is_leaf=has_spec):
-        if has_spec(part):
-            spec = spec | part.required_grid_operators
-    return spec
 
 
 def _is_empty(spec: GridOperatorSpec) -> bool:
@@ -326,7 +311,7 @@ def KS(
       `mol.spin == 0`.
     - `grid_operators`: a [`nlxc.GridOperatorSpec`][] for the System; default: what the
       functional's parts declare in `required_grid_operators` (see
-      [`required_grid_operators`][nlxc.interop.pyscf.required_grid_operators]). Only without `system`.
+      [`required_grid_operators`][nlxc.grid_operators.required_grid_operators]). Only without `system`.
 
     **Returns:** a PySCF mean-field object, a `pyscf.dft.rks.RKS` or `pyscf.dft.uks.UKS` with
     density fitting (`pyscf.df.df_jk._DFHF`) and the [`NlxcKS`][nlxc.interop.pyscf.NlxcKS] mixin;

@@ -19,10 +19,12 @@ class ZeroSafeSolver(lx.AbstractLinearSolver):
 
     - a zero right-hand side: a molecule whose energy does not enter the loss (a masked filler
       entry of a padded batch, a zero loss weight) has a zero cotangent. The solution is x = 0.
-    - a right-hand side b with A b = b (an eigenvector of eigenvalue 1): for the adjoint
-      operator I − Jᵀ this is a cotangent that the SCF map's Jacobian annihilates, e.g. H2 in a
-      minimal basis, whose density is fixed by symmetry. BiCGStab then converges in its first
-      half-step and computes 0/0. The solution is x = b (taken when ‖b − A b‖ ≤ 1e-13 ‖b‖).
+    - a right-hand side b that is an eigenvector, A b = λ b: for the adjoint operator I − Jᵀ
+      this is e.g. a cotangent that the SCF map's Jacobian annihilates (λ = 1: H2 in a minimal
+      basis, whose density is fixed by symmetry) or one it doubles (λ = −1: a one-electron atom
+      in a one-function basis). BiCGStab then converges in its first half-step and computes 0/0.
+      The solution is x = b / λ (taken when ‖A b − λ b‖ ≤ 1e-13 ‖b‖ for the Rayleigh quotient
+      λ = ⟨b, Ab⟩ / ⟨b, b⟩, |λ| > 1e-8).
 
     Everything else goes to the wrapped solver (under `jax.vmap`, per batch entry).
     """
@@ -42,9 +44,14 @@ class ZeroSafeSolver(lx.AbstractLinearSolver):
         # lineax's Krylov solvers keep the (linearised) operator as their state
         if isinstance(state, lx.AbstractLinearOperator):
             image = state.mv(vector)
-            fixed = norm(jax.tree.map(lambda b, ab: b - ab, vector, image)) <= 1e-13 * norm(vector)
+            # Rayleigh quotient λ = ⟨b, Ab⟩ / ⟨b, b⟩; b is an eigenvector if ‖Ab − λb‖ ≤ 1e-13 ‖b‖
+            dot = lambda u, v: sum(jnp.sum(x * y) for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(v)))  # noqa: E731
+            bb = dot(vector, vector)
+            eigenvalue = dot(vector, image) / jnp.where(bb > 0, bb, 1.0)
+            residual = norm(jax.tree.map(lambda b, ab: ab - eigenvalue * b, vector, image))
+            fixed = (residual <= 1e-13 * norm(vector)) & (jnp.abs(eigenvalue) > 1e-8)
         else:
-            fixed = jnp.asarray(False)
+            eigenvalue, fixed = jnp.asarray(1.0), jnp.asarray(False)
 
         def solved():
             return self.inner.compute(state, vector, options)
@@ -56,8 +63,9 @@ class ZeroSafeSolver(lx.AbstractLinearSolver):
             return solution, lx.RESULTS.successful, stats
 
         index = jnp.where(zero, 0, jnp.where(fixed, 1, 2))
+        safe = jnp.where(fixed, eigenvalue, 1.0)
         return jax.lax.switch(index, [lambda: trivial(jax.tree.map(jnp.zeros_like, vector)),
-                                      lambda: trivial(vector), solved])
+                                      lambda: trivial(jax.tree.map(lambda b: b / safe, vector)), solved])
 
     def transpose(self, state, options: dict[str, Any]):
         return self.inner.transpose(state, options)

@@ -1,0 +1,393 @@
+"""Training configuration: typed sections read from TOML or YAML, validated with one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping
+
+from ._errors import InputError
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "EvaluationConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "RunConfig",
+    "TrainConfig",
+    "TrainingConfig",
+    "load_config",
+]
+
+
+class ConfigError(InputError):
+    """A training configuration with an unknown key or a bad value (one line, names the key)."""
+
+
+def _check(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config {where}: {message}")
+
+
+def _coerce(value, annotation, where: str):
+    """`value` as the type `annotation` (bool, int, float, str, tuple[...], dict), or ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return None if value is None else _coerce(value, annotation, where)
+    if annotation is bool:
+        _check(isinstance(value, bool), where, f"expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), where, f"expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), where,
+               f"expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        _check(isinstance(value, str), where, f"expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(annotation) if a is not Ellipsis}
+        _check(isinstance(value, (list, tuple)), where, f"expected a list, got {value!r}")
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if annotation is dict or origin is dict:
+        _check(isinstance(value, Mapping), where, f"expected a table of key = value, got {value!r}")
+        return types.MappingProxyType(dict(value))
+    raise TypeError(f"unsupported config annotation {annotation!r}")  # pragma: no cover
+
+
+def _check_known(key, known, message: str, show) -> None:
+    """ConfigError `message` plus the closest known key (shown with `show`) if `key` is unknown."""
+    if key in known:
+        return
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    hint = f"; did you mean {show(close[0])}?" if close else f"; known: {', '.join(map(show, known))}"
+    raise ConfigError(message + hint)
+
+
+class _Section:
+    """Base of the config sections: frozen dataclasses built from a mapping with strict keys."""
+
+    _name: typing.ClassVar[str] = ""
+
+    @classmethod
+    def from_mapping(cls, mapping) -> _Section:
+        where = f"[{cls._name}]"
+        _check(isinstance(mapping, Mapping), where, f"expected a table, got {mapping!r}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in mapping.items():
+            _check_known(key, fields, f"config {where}: unknown key {key!r}", repr)
+            kwargs[key] = _coerce(value, hints[key], f"{where} {key}")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(_Section):
+    """`[run]`: `name`; `output_dir` (default `runs/<name>`, relative to the working directory);
+    `seed`, the seed of the model's initialisation."""
+
+    _name = "run"
+    name: str = "run"
+    output_dir: str = ""
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(bool(self.name.strip()), "[run] name", "must not be empty")
+        if not self.output_dir:
+            object.__setattr__(self, "output_dir", os.path.join("runs", self.name))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_Section):
+    """`[data]`: which molecules, with which labels, in which split.
+
+    - `dataset`: `"default"` (the bundled [`nlxc.data.default_dataset`][]) or the path of a
+      [`nlxc.data.ReferenceDataset`][] (HDF5). Its basis and grid level are used for the Systems.
+    - `target`: the method whose labels are learned (e.g. `"ccsd(t)"`, `"b3lyp"`).
+    - `molecules`: restrict to these names (default: every molecule of the dataset).
+    - `train`, `validation`, `test`: explicit splits of the molecules (names). Molecules of
+      none of them (and not `shared`) are split at random by `split` (fractions) with
+      `split_seed`.
+    - `shared`: species used by every split (default: the free atoms, which atomization energies
+      of every split need); they count as training energies.
+    - `atomization_reference`: `"target"` (default): atomization energies Σ_a E_a − E_mol of the
+      target method's total energies; `"experiment"`: the experimental G2 atomization energies of
+      [`nlxc.data.g2`][] (molecules named as in G2).
+    - `max_buckets`: padded shapes per shell family (each one compiled once).
+    """
+
+    _name = "data"
+    dataset: str = "default"
+    target: str = "ccsd(t)"
+    molecules: tuple[str, ...] = ()
+    train: tuple[str, ...] = ()
+    validation: tuple[str, ...] = ()
+    test: tuple[str, ...] = ()
+    shared: tuple[str, ...] | None = None
+    split: tuple[float, ...] = (0.6, 0.2, 0.2)
+    split_seed: int = 0
+    atomization_reference: str = "target"
+    max_buckets: int = 1
+
+    def __post_init__(self):
+        _check(len(self.split) == 3 and all(f >= 0 for f in self.split) and sum(self.split) > 0,
+               "[data] split", f"expected three non-negative fractions (train, validation, test), got {list(self.split)}")
+        _check(self.atomization_reference in ("target", "experiment"), "[data] atomization_reference",
+               f"use 'target' or 'experiment', got {self.atomization_reference!r}")
+        _check(self.max_buckets >= 1, "[data] max_buckets", f"must be at least 1, got {self.max_buckets}")
+        named = self.train + self.validation + self.test
+        twice = sorted({n for n in named if named.count(n) > 1})
+        _check(not twice, "[data]", f"molecules in more than one split: {', '.join(twice)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Section):
+    """`[model]`: the functional, `baseline + correction`.
+
+    - `baseline`: a functional name as PySCF spells it (`"pbe"`, `"b3lyp"`, …; see
+      [`nlxc.get_functional`][]) or `"none"`.
+    - `correction`: a model class of [`nlxc.models`][] (e.g. `"AtomCentredCorrection"`),
+      `"ConstrainedMetaGGA"` (the constrained meta-GGA MLP `SlaterExchange() * MLP +
+      PW92Correlation.modified() * MLP`, options `width`, `depth`, `final_scale`) or `"none"`.
+    - `options`: keyword arguments of the correction's constructor (its `key` comes from
+      `[run] seed`).
+    - `train_baseline`: also train the baseline's float parameters (default: only the
+      correction's).
+    """
+
+    _name = "model"
+    baseline: str = "pbe"
+    correction: str = "AtomCentredCorrection"
+    options: dict = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
+    train_baseline: bool = False
+
+    def __post_init__(self):
+        _check(not (self.baseline.lower() == "none" and self.correction.lower() == "none"), "[model]",
+               "baseline and correction are both 'none': there is no functional")
+
+    def __hash__(self):
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
+
+LOSS_TERMS = ("energy", "atomization", "density", "non_self_consistent")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig(_Section):
+    """`[loss]`: weights of the terms of the training loss (see [`nlxc.losses`][]).
+
+    - `energy`: total energies through the SCF ([`energy_loss`][nlxc.losses.energy_loss]).
+    - `atomization`: atomization energies Σ_a E_a − E_mol of the target method through the SCF
+      ([`reaction_loss`][nlxc.losses.reaction_loss]).
+    - `density`: ∫(ρ − ρ_ref)² ([`density_loss`][nlxc.losses.density_loss], `density_metric`
+      `"l2"` or `"coulomb"`); needs density matrices in the dataset.
+    - `non_self_consistent`: energies at the fixed reference densities
+      ([`non_self_consistent_loss`][nlxc.losses.non_self_consistent_loss]).
+    - `kind`: `"mse"`, `"mae"` or `"huber"` for the energy terms.
+
+    Each term is a weighted mean over the molecules (reactions) of the split; the loss is
+    Σ weight · term, in Hartree² for `"mse"`.
+    """
+
+    _name = "loss"
+    energy: float = 0.0
+    atomization: float = 1.0
+    density: float = 0.0
+    non_self_consistent: float = 0.0
+    kind: str = "mse"
+    density_metric: str = "l2"
+
+    def __post_init__(self):
+        for term in LOSS_TERMS:
+            _check(getattr(self, term) >= 0, f"[loss] {term}", f"weights must be non-negative, got {getattr(self, term)}")
+        _check(any(getattr(self, t) > 0 for t in LOSS_TERMS), "[loss]",
+               f"every weight is zero; give one of {', '.join(LOSS_TERMS)} a positive weight")
+        _check(self.kind in ("mse", "mae", "huber"), "[loss] kind", f"use 'mse', 'mae' or 'huber', got {self.kind!r}")
+        _check(self.density_metric in ("l2", "coulomb"), "[loss] density_metric",
+               f"use 'l2' or 'coulomb', got {self.density_metric!r}")
+
+    def weights(self) -> dict[str, float]:
+        return {t: getattr(self, t) for t in LOSS_TERMS if getattr(self, t) > 0}
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "lion", "adabelief")
+SCHEDULES = ("constant", "cosine", "exponential", "warmup_cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig(_Section):
+    """`[optimizer]`: an optax optimiser and learning-rate schedule.
+
+    - `name`: one of `adam`, `adamw`, `sgd`, `rmsprop`, `lion`, `adabelief` (optax).
+    - `learning_rate`: peak learning rate.
+    - `schedule`: `constant`, `cosine` (decays to `final_fraction` · peak over the run),
+      `exponential` (the same end point, geometric), `warmup_cosine` (linear warm-up over
+      `warmup_steps`, then cosine).
+    - `clip_norm`: clip the global gradient norm to this (0: no clipping).
+    - `weight_decay`: for `adamw`.
+    """
+
+    _name = "optimizer"
+    name: str = "adam"
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    final_fraction: float = 0.1
+    clip_norm: float = 0.0
+    weight_decay: float = 1e-4
+
+    def __post_init__(self):
+        _check(self.name in OPTIMIZERS, "[optimizer] name", f"unknown optimiser {self.name!r}; use one of {', '.join(OPTIMIZERS)}")
+        _check(self.schedule in SCHEDULES, "[optimizer] schedule",
+               f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+        _check(self.learning_rate > 0, "[optimizer] learning_rate", f"must be positive, got {self.learning_rate}")
+        _check(self.warmup_steps >= 0, "[optimizer] warmup_steps", f"must be non-negative, got {self.warmup_steps}")
+        _check(0 < self.final_fraction <= 1, "[optimizer] final_fraction", f"must be in (0, 1], got {self.final_fraction}")
+        _check(self.clip_norm >= 0, "[optimizer] clip_norm", f"must be non-negative, got {self.clip_norm}")
+        _check(self.weight_decay >= 0, "[optimizer] weight_decay", f"must be non-negative, got {self.weight_decay}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig(_Section):
+    """`[training]`: the loop.
+
+    - `steps`: optimisation steps (each one full-batch: every training molecule, one SCF each).
+    - `patience`: stop when the validation loss has not improved for this many steps (0: never).
+    - `checkpoint_every`: write the resumable checkpoint every this many steps (and at the end,
+      and on interruption).
+    - `max_scf_steps`: SCF iterations allowed per solve.
+    - `progress`: show a progress bar; `plots`: write the PNG plots at the end.
+    """
+
+    _name = "training"
+    steps: int = 100
+    patience: int = 0
+    checkpoint_every: int = 10
+    max_scf_steps: int = 100
+    progress: bool = True
+    plots: bool = True
+
+    def __post_init__(self):
+        _check(self.steps >= 1, "[training] steps", f"must be at least 1, got {self.steps}")
+        _check(self.patience >= 0, "[training] patience", f"must be non-negative, got {self.patience}")
+        _check(self.checkpoint_every >= 1, "[training] checkpoint_every", f"must be at least 1, got {self.checkpoint_every}")
+        _check(self.max_scf_steps >= 1, "[training] max_scf_steps", f"must be at least 1, got {self.max_scf_steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig(_Section):
+    """`[evaluation]`: `baselines`, PySCF functionals computed beside the trained one on the
+    held-out molecules (same basis, grid and density fitting)."""
+
+    _name = "evaluation"
+    baselines: tuple[str, ...] = ("lda", "pbe", "b3lyp")
+
+
+_SECTIONS = {"run": RunConfig, "data": DataConfig, "model": ModelConfig, "loss": LossConfig,
+             "optimizer": OptimizerConfig, "training": TrainingConfig, "evaluation": EvaluationConfig}
+
+# Keys that may change between a run and its resumption (they do not change the trajectory).
+RESUMABLE_CHANGES = {"training": ("steps", "patience", "checkpoint_every", "progress", "plots"),
+                     "evaluation": ("baselines",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A complete training configuration: one field per section (see their docstrings).
+
+    Build it with [`load_config`][nlxc.train.load_config] (TOML or YAML file) or
+    [`TrainConfig.from_dict`][nlxc.train.TrainConfig.from_dict]; every section and key is
+    optional except that the result must describe a functional and a loss.
+    """
+
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+
+    @classmethod
+    def from_dict(cls, mapping) -> TrainConfig:
+        """From nested mappings `{section: {key: value}}`.
+
+        **Raises:** [`ConfigError`][nlxc.train.ConfigError] (an [`nlxc.InputError`][]) naming
+        the section and key of an unknown key, a value of the wrong type or out of range.
+        """
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(f"config: expected a table of sections, got {type(mapping).__name__}")
+        sections = {}
+        for name, value in mapping.items():
+            _check_known(name, _SECTIONS, f"config: unknown section [{name}]", lambda k: f"[{k}]")
+            sections[name] = _SECTIONS[name].from_mapping(value)
+        return cls(**sections)
+
+    def to_dict(self) -> dict:
+        """Nested plain dicts (JSON-serialisable), the inverse of `from_dict`."""
+        return {name: getattr(self, name).to_dict() for name in _SECTIONS}
+
+    def differences(self, other: TrainConfig, *, ignore=RESUMABLE_CHANGES) -> list[str]:
+        """`[section] key` of every setting that differs from `other`, except `ignore`d ones."""
+        a, b = self.to_dict(), other.to_dict()
+        out = []
+        for section in _SECTIONS:
+            for key in a[section]:
+                if key in ignore.get(section, ()):
+                    continue
+                if json.dumps(a[section][key], sort_keys=True) != json.dumps(b[section][key], sort_keys=True):
+                    out.append(f"[{section}] {key}")
+        return out
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read a training configuration from a TOML (`.toml`) or YAML (`.yaml`, `.yml`) file.
+
+    **Raises:** [`ConfigError`][nlxc.train.ConfigError] for a missing file, a syntax error,
+    an unknown section or key, or a bad value (one line, naming the file and the key).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".toml":
+            import tomllib
+
+            with open(path, "rb") as f:
+                mapping = tomllib.load(f)
+        elif ext in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError("reading YAML configs needs PyYAML: pip install pyyaml") from None
+            with open(path) as f:
+                mapping = yaml.safe_load(f) or {}
+        else:
+            raise ConfigError(f"config file {path!r}: use a .toml, .yaml or .yml file")
+    except ConfigError:
+        raise
+    except Exception as err:  # syntax errors of either parser
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"config file {path!r} could not be parsed: {first}") from None
+    try:
+        return TrainConfig.from_dict(mapping)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

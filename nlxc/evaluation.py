@@ -23,7 +23,8 @@ import numpy as np
 from ._errors import InputError
 from .batch import make_batches, solve_batch
 
-__all__ = ["BENCHMARK_SETS", "common_subset", "evaluate", "format_table", "plot_learning_curve", "plot_parity"]
+__all__ = ["BENCHMARK_SETS", "common_subset", "error_statistics", "evaluate", "format_table", "plot_learning_curve",
+           "plot_parity"]
 
 BENCHMARK_SETS = ("default", "g2", "g2_1", "g2_2", "w4-11")
 """Names accepted by [`evaluate`][nlxc.evaluation.evaluate] (and `nlxc evaluate --set`)."""
@@ -87,7 +88,8 @@ def _pyscf_energies(molecules, methods, basis, grid_level, cache: str, processes
     return {m: dataset.energies(m) for m in methods}
 
 
-def _stats(errors_kcal) -> dict:
+def error_statistics(errors_kcal) -> dict:
+    """`{"mae", "rmse", "max", "n"}` of an iterable of errors (kcal/mol); NaN for none."""
     e = np.asarray(list(errors_kcal), float)
     if e.size == 0:
         return {"mae": math.nan, "rmse": math.nan, "max": math.nan, "n": 0}
@@ -158,7 +160,7 @@ def evaluate(functional, *, set_name: str, basis: str, grid_level: int, molecule
                 continue
             values[r.name] = r.energy(e) / KCAL_PER_MOL
             errors.append(values[r.name] - reference[r.name])
-        out["methods"][name] = _stats(errors)
+        out["methods"][name] = error_statistics(errors)
         out["excluded"][name] = excluded
         out["per_reaction"][name] = values
     out["common"] = common_subset(out)
@@ -172,7 +174,7 @@ def common_subset(report: dict) -> dict:
     methods = [m for m in report["per_reaction"] if m != "reference"]
     shared = [r for r in report["reactions"] if all(r in report["per_reaction"][m] for m in methods)]
     reference = report["per_reaction"]["reference"]
-    return {m: _stats(report["per_reaction"][m][r] - reference[r] for r in shared) for m in methods}
+    return {m: error_statistics(report["per_reaction"][m][r] - reference[r] for r in shared) for m in methods}
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,8 +217,8 @@ def held_out_report(config, prepared, energies, converged, initial_energies, out
         bad = sorted(n for n in needed if not c.get(n, False))
         ok = [(r, counts, ref) for r, counts, ref in reactions if all(c.get(m, False) for m in counts)]
         atom = {r: sum(k * e[m] for m, k in counts.items()) for r, counts, _ in ok}
-        report["atomization"][name] = _stats((atom[r] - ref) / KCAL_PER_MOL for r, _, ref in ok)
-        report["total_energy"][name] = _stats((e[n] - prepared.target_energy[n]) / KCAL_PER_MOL
+        report["atomization"][name] = error_statistics((atom[r] - ref) / KCAL_PER_MOL for r, _, ref in ok)
+        report["total_energy"][name] = error_statistics((e[n] - prepared.target_energy[n]) / KCAL_PER_MOL
                                               for n in test if c.get(n, False))
         report["not_converged"][name] = bad
         report["per_molecule"][name] = {r: atom[r] / KCAL_PER_MOL for r in atom}

@@ -535,13 +535,10 @@ def _atomization(prepared: _Prepared, energies: dict[str, float]) -> dict[str, f
 
 
 def _stats(errors_hartree) -> dict[str, float]:
-    from .data import KCAL_PER_MOL
+    from .data import KCAL_PER_MOL  # Hartree per kcal/mol
+    from .evaluation import error_statistics
 
-    e = np.asarray(list(errors_hartree), float) / KCAL_PER_MOL  # KCAL_PER_MOL: Hartree per kcal/mol
-    if e.size == 0:
-        return {"mae": math.nan, "rmse": math.nan, "max": math.nan, "n": 0}
-    return {"mae": float(np.mean(np.abs(e))), "rmse": float(np.sqrt(np.mean(e**2))),
-            "max": float(np.max(np.abs(e))), "n": int(e.size)}
+    return error_statistics(np.asarray(list(errors_hartree), float) / KCAL_PER_MOL)
 
 
 def _split_stats(prepared: _Prepared, energies: dict[str, float]) -> dict[str, dict]:

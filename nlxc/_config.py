@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -50,6 +52,7 @@ def _coerce(value, annotation, where: str):
     if annotation is float:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), where,
                f"expected a number, got {value!r}")
+        _check(math.isfinite(value), where, f"expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         _check(isinstance(value, str), where, f"expected a string, got {value!r}")
@@ -79,7 +82,7 @@ class _Section:
     _name: typing.ClassVar[str] = ""
 
     @classmethod
-    def from_mapping(cls, mapping) -> _Section:
+    def from_mapping(cls, mapping, *, written: bool = False) -> _Section:
         where = f"[{cls._name}]"
         _check(isinstance(mapping, Mapping), where, f"expected a table, got {mapping!r}")
         hints = typing.get_type_hints(cls)
@@ -146,7 +149,23 @@ class DataConfig(_Section):
     atomization_reference: str = "target"
     max_buckets: int = 1
 
+    @classmethod
+    def from_mapping(cls, mapping, *, written: bool = False) -> DataConfig:
+        # An explicit empty split is an error in a user's config; in one written by nlxc (a
+        # checkpoint's sidecar) an empty list is how a split that was not given is recorded.
+        if isinstance(mapping, Mapping) and not written:
+            for split in ("train", "validation", "test"):
+                if split in mapping and isinstance(mapping[split], (list, tuple)) and not mapping[split]:
+                    raise ConfigError(f"config [data] {split}: the list is empty; name its molecules, or leave "
+                                      f"the key out to split the remaining molecules at random by `split` "
+                                      f"(a zero fraction there for no {split} molecules)")
+        return super().from_mapping(mapping, written=written)
+
     def __post_init__(self):
+        for split in ("train", "validation", "test"):
+            listed = getattr(self, split)
+            twice = sorted({n for n in listed if listed.count(n) > 1})
+            _check(not twice, f"[data] {split}", f"{', '.join(map(repr, twice))} listed twice in {split}")
         _check(len(self.split) == 3 and all(f >= 0 for f in self.split) and sum(self.split) > 0,
                "[data] split", f"expected three non-negative fractions (train, validation, test), got {list(self.split)}")
         _check(self.atomization_reference in ("target", "experiment"), "[data] atomization_reference",
@@ -273,6 +292,12 @@ class TrainingConfig(_Section):
     - `checkpoint_every`: write the resumable checkpoint every this many steps (and at the end,
       and on interruption).
     - `max_scf_steps`: SCF iterations allowed per solve.
+    - `max_failed_steps`: stop the run (with [`TrainingError`][nlxc.train.TrainingError]) after
+      this many consecutive failed steps. A step fails when its training loss, gradient or
+      update is not finite, or the SCF of a training molecule did not converge; it keeps the
+      parameters and optimiser state it started from and starts the next step from the Systems'
+      initial guesses. The default, 2, allows that one retry: a third attempt would repeat the
+      second exactly (the steps are deterministic).
     - `progress`: show a progress bar; `plots`: write the PNG plots at the end.
     """
 
@@ -281,6 +306,7 @@ class TrainingConfig(_Section):
     patience: int = 0
     checkpoint_every: int = 10
     max_scf_steps: int = 100
+    max_failed_steps: int = 2
     progress: bool = True
     plots: bool = True
 
@@ -289,6 +315,8 @@ class TrainingConfig(_Section):
         _check(self.patience >= 0, "[training] patience", f"must be non-negative, got {self.patience}")
         _check(self.checkpoint_every >= 1, "[training] checkpoint_every", f"must be at least 1, got {self.checkpoint_every}")
         _check(self.max_scf_steps >= 1, "[training] max_scf_steps", f"must be at least 1, got {self.max_scf_steps}")
+        _check(self.max_failed_steps >= 1, "[training] max_failed_steps",
+               f"must be at least 1, got {self.max_failed_steps}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,7 +332,10 @@ _SECTIONS = {"run": RunConfig, "data": DataConfig, "model": ModelConfig, "loss":
              "optimizer": OptimizerConfig, "training": TrainingConfig, "evaluation": EvaluationConfig}
 
 # Keys that may change between a run and its resumption (they do not change the trajectory).
-RESUMABLE_CHANGES = {"training": ("steps", "patience", "checkpoint_every", "progress", "plots"),
+# `output_dir` is where the run is, not what it is: a run directory can be named by a relative or
+# an absolute path, and moved or copied, and still resumes.
+RESUMABLE_CHANGES = {"run": ("output_dir",),
+                     "training": ("steps", "patience", "checkpoint_every", "max_failed_steps", "progress", "plots"),
                      "evaluation": ("baselines",)}
 
 
@@ -326,18 +357,22 @@ class TrainConfig:
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
 
     @classmethod
-    def from_dict(cls, mapping) -> TrainConfig:
+    def from_dict(cls, mapping, *, written: bool = False) -> TrainConfig:
         """From nested mappings `{section: {key: value}}`.
 
+        `written=True` reads a config that nlxc wrote (`to_dict` in a checkpoint's sidecar or
+        `config.json`), where an empty `[data]` split list means that the split was not given.
+
         **Raises:** [`ConfigError`][nlxc.train.ConfigError] (an [`nlxc.InputError`][]) naming
-        the section and key of an unknown key, a value of the wrong type or out of range.
+        the section and key of an unknown key, a value of the wrong type or out of range, or an
+        explicitly empty `[data] train`, `validation` or `test` list.
         """
         if not isinstance(mapping, Mapping):
             raise ConfigError(f"config: expected a table of sections, got {type(mapping).__name__}")
         sections = {}
         for name, value in mapping.items():
             _check_known(name, _SECTIONS, f"config: unknown section [{name}]", lambda k: f"[{k}]")
-            sections[name] = _SECTIONS[name].from_mapping(value)
+            sections[name] = _SECTIONS[name].from_mapping(value, written=written)
         return cls(**sections)
 
     def to_dict(self) -> dict:
@@ -355,6 +390,28 @@ class TrainConfig:
                 if json.dumps(a[section][key], sort_keys=True) != json.dumps(b[section][key], sort_keys=True):
                     out.append(f"[{section}] {key}")
         return out
+
+
+# YAML 1.2's float syntax. PyYAML implements YAML 1.1, whose floats need a dot: it reads
+# `learning_rate: 2e-3` as the *string* "2e-3". With this resolver such numbers are floats, as in
+# YAML 1.2 and TOML; everything else (quoted strings, integers, booleans) is read as before, and
+# a string where a number is expected is still an error.
+_YAML12_FLOAT = re.compile(r"""^(?:
+     [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.VERBOSE)
+
+
+def _yaml_loader(yaml):
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+                                      for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+    return Loader
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:
@@ -378,8 +435,8 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
                 import yaml
             except ImportError:
                 raise ConfigError("reading YAML configs needs PyYAML: pip install pyyaml") from None
-            with open(path) as f:
-                mapping = yaml.safe_load(f) or {}
+            with open(path, encoding="utf-8") as f:
+                mapping = yaml.load(f, Loader=_yaml_loader(yaml)) or {}
         else:
             raise ConfigError(f"config file {path!r}: use a .toml, .yaml or .yml file")
     except ConfigError:

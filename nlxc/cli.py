@@ -3,14 +3,62 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 
 from ._errors import InputError
 
 _BUNDLED = os.path.join(os.path.dirname(__file__), "data")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+# What the errors of `nlxc evaluate --set NAME` are measured against (see nlxc.data.g2,
+# nlxc.data.default_set and nlxc.data.w4_11).
+_SET_REFERENCES = {
+    "default": "experimental G2-1 atomization energies (ASE's G2 data; Curtiss et al. 1991)",
+    "g2": "experimental G2 atomization energies (ASE's G2 data; Curtiss et al. 1991, 1997)",
+    "g2_1": "experimental G2-1 atomization energies (ASE's G2 data; Curtiss et al. 1991)",
+    "g2_2": "experimental G2-2 atomization energies (ASE's G2 data; Curtiss et al. 1997)",
+    "w4-11": "W4-11 atomization energies (W4 theory, nonrelativistic, vibrationless; Karton et al. 2011)",
+}
+# PySCF's "Basis may be available in basis-set-exchange ..." hint, as a -W/PYTHONWARNINGS filter
+# (a literal message prefix) for the worker processes that `--processes N` spawns.
+_BSE_FILTERS = ("ignore:Basis may be available in basis-set-exchange:UserWarning",
+                "ignore:ECP may be available in basis-set-exchange:UserWarning")
+
+
+@contextlib.contextmanager
+def _quiet_pyscf_hints() -> Iterator[None]:
+    """Silence PySCF's "install basis-set-exchange" warning (only that one), here and in the
+    worker processes started inside the block."""
+    from .system import quiet_basis_lookup
+
+    previous = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join(([previous] if previous else []) + list(_BSE_FILTERS))
+    try:
+        with quiet_basis_lookup():
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = previous
+
+
+def _set_key(name: str) -> str:
+    key = name.strip().lower()
+    return key.replace("_", "-") if key.startswith("w4") else key
+
+
+def _names(text: str | None) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()] if text else []
 
 
 def _geometry_path(name: str) -> str:
@@ -59,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--cache", default=None,
                           help="HDF5 file for the PySCF results (default: beside the checkpoint)")
     evaluate.add_argument("--processes", type=int, default=1, help="processes for the PySCF calculations")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars (on standard error)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return parser
 
@@ -84,8 +133,15 @@ def _run_train(args) -> int:
     t0 = time.perf_counter()
     try:
         result = train(config)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as err:
+        print("nlxc: interrupted", file=sys.stderr)
+        if getattr(err, "pending", False):
+            # XLA is still compiling or running the interrupted step in its own threads, and Python's
+            # normal shutdown would wait for them and can crash there; the checkpoint is written.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except TrainingError as err:
         print(f"nlxc: error: {err}", file=sys.stderr)
         return 1
@@ -96,9 +152,17 @@ def _run_train(args) -> int:
 
 def _run_evaluate(args) -> int:
     import nlxc  # noqa: F401  (float64)
-    from .data import ReferenceDataset, default_dataset
-    from .evaluation import evaluate, format_table
+    from .data import ReferenceComputationError, ReferenceDataset, default_dataset
+    from .evaluation import check_request, evaluate, format_table
     from .train import load_checkpoint
+
+    # Everything that can be checked without the checkpoint, before anything is computed.
+    molecules = _names(args.molecules) or None
+    baselines = _names(args.baselines)
+    if args.processes < 1:
+        raise InputError(f"--processes must be positive, got {args.processes}")
+    check_request(args.set_name, molecules=molecules, baselines=baselines, basis=args.basis,
+                  grid_level=args.grid_level)
 
     functional, config = load_checkpoint(args.checkpoint)
     basis, grid_level = args.basis, args.grid_level
@@ -106,23 +170,26 @@ def _run_evaluate(args) -> int:
         dataset = default_dataset() if config.data.dataset == "default" else ReferenceDataset(config.data.dataset)
         basis = dataset.basis if basis is None else basis
         grid_level = dataset.grid_level if grid_level is None else grid_level
-    if not 0 <= grid_level <= 9:
-        raise InputError(f"grid level must be between 0 and 9, got {grid_level}")
     checkpoint_dir = args.checkpoint if os.path.isdir(args.checkpoint) else os.path.dirname(args.checkpoint)
     cache = args.cache or os.path.join(checkpoint_dir or ".", f"evaluation-{args.set_name.lower()}-{basis.lower()}-"
                                                               f"{grid_level}.h5")
-    molecules = [m.strip() for m in args.molecules.split(",") if m.strip()] if args.molecules else None
-    baselines = [m.strip() for m in args.baselines.split(",") if m.strip()]
     t0 = time.perf_counter()
-    report = evaluate(functional, set_name=args.set_name, basis=basis, grid_level=grid_level, molecules=molecules,
-                      baselines=baselines, cache=cache, max_steps=config.training.max_scf_steps,
-                      processes=args.processes)
+    try:
+        report = evaluate(functional, set_name=args.set_name, basis=basis, grid_level=grid_level,
+                          molecules=molecules, baselines=baselines, cache=cache,
+                          max_steps=config.training.max_scf_steps, processes=args.processes,
+                          progress=not args.no_progress)
+    except ReferenceComputationError as err:
+        print(f"nlxc: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return EXIT_FAILED
     report["wall_s"] = time.perf_counter() - t0
+    references = _SET_REFERENCES[_set_key(args.set_name)]
+    report["references"] = references
     if args.json:
         print(json.dumps(report))
-        return 0
+        return EXIT_OK
     title = (f"{report['set']}: {len(report['reactions'])} reactions, {basis}, grid level {grid_level}; "
-             "errors in kcal/mol against the set's references")
+             f"errors in kcal/mol against {references}")
     print(format_table(list(report["methods"].items()), title))
     if any(report["excluded"].values()):
         for name, excluded in report["excluded"].items():
@@ -131,7 +198,7 @@ def _run_evaluate(args) -> int:
         print()
         print(format_table(list(report["common"].items()), "the same, over the reactions every method solved"))
     print(f"wall time {report['wall_s']:.0f} s")
-    return 0
+    return EXIT_OK
 
 
 def _run_scf(args) -> int:
@@ -198,30 +265,49 @@ def _run_scf(args) -> int:
         status = "converged" if out["converged"] else "NOT CONVERGED"
         print(f"  SCF {status} in {out['n_iterations']} iterations "
               f"({t2 - t1:.2f} s including compilation; System built in {t1 - t0:.2f} s)")
-    return 0 if out["converged"] else 1
+    return EXIT_OK if out["converged"] else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `nlxc` command; returns the exit status.
+    """Entry point of the `nlxc` command (`nlxc scf`, `nlxc train`, `nlxc evaluate`).
 
-    Exit status: 0 on success; 1 if the SCF did not converge (or training failed); 2 for bad
-    input, including a bad training config (a one-line message on standard error, no
-    traceback); 130 after an interrupted training (a checkpoint was written; run it again to
-    resume).
+    **Arguments:** `argv`, the command-line arguments without the program name (default
+    `sys.argv[1:]`).
+
+    **Returns:** the exit status:
+
+    - `0`: success.
+    - `1`: the SCF did not converge (`nlxc scf`, which still prints its result, marked
+      `NOT CONVERGED`), training failed (`nlxc train`), or some PySCF reference calculations
+      of `nlxc evaluate` failed; a one-line message on standard error.
+    - `2`: bad input: an unreadable or ill-formed geometry, an unknown element, basis,
+      auxiliary basis, functional, benchmark set, reaction or baseline, a charge/spin
+      inconsistent with the electron count or with more electrons in a spin channel than
+      orbitals, a bad option value, a bad training config or dataset file. One line
+      `nlxc: error: <message>` on standard error, no traceback, and nothing computed after
+      the check. (argparse's own usage errors, such as a missing argument, also exit with 2.)
+    - `130`: interrupted (Ctrl-C); an interrupted training has written a checkpoint, and
+      running it again resumes.
+
+    PySCF's hint to install basis-set-exchange is not shown; other warnings are.
     """
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "scf":
-            return _run_scf(args)
-        if args.command == "train":
-            return _run_train(args)
-        if args.command == "evaluate":
-            return _run_evaluate(args)
+        with _quiet_pyscf_hints():
+            if args.command == "scf":
+                return _run_scf(args)
+            if args.command == "train":
+                return _run_train(args)
+            if args.command == "evaluate":
+                return _run_evaluate(args)
     except InputError as err:
-        print(f"nlxc: error: {err}", file=sys.stderr)
-        return 2
-    return 2
+        print(f"nlxc: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("nlxc: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

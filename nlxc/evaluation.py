@@ -23,8 +23,8 @@ import numpy as np
 from ._errors import InputError
 from .batch import make_batches, solve_batch
 
-__all__ = ["BENCHMARK_SETS", "common_subset", "error_statistics", "evaluate", "format_table", "plot_learning_curve",
-           "plot_parity"]
+__all__ = ["BENCHMARK_SETS", "check_request", "common_subset", "error_statistics", "evaluate", "format_table",
+           "plot_learning_curve", "plot_parity"]
 
 BENCHMARK_SETS = ("default", "g2", "g2_1", "g2_2", "w4-11")
 """Names accepted by [`evaluate`][nlxc.evaluation.evaluate] (and `nlxc evaluate --set`)."""
@@ -52,6 +52,35 @@ def _benchmark_set(name: str):
     raise InputError(f"unknown benchmark set {name!r}; use one of {', '.join(BENCHMARK_SETS)}")
 
 
+def check_request(set_name: str, *, molecules: Sequence[str] | None = None, baselines: Sequence[str] = (),
+                  basis: str | None = None, grid_level: int | None = None):
+    """Check the arguments of an [`evaluate`][nlxc.evaluation.evaluate] call before any
+    calculation, and return the benchmark set it evaluates (restricted to `molecules`).
+
+    `basis` and `grid_level` are checked when given (not `None`).
+
+    **Raises:** [`nlxc.InputError`][] for an unknown set, reaction name or baseline method, a
+    basis PySCF does not have for the set's elements, or a grid level outside 0–9.
+    """
+    from .data._reference import _validate_methods
+    from .system import MAX_GRID_LEVEL, check_basis
+
+    bench = _benchmark_set(set_name)
+    if molecules:
+        bench = bench.subset(list(molecules))
+    if baselines:
+        try:
+            _validate_methods(list(baselines))
+        except InputError as err:
+            raise InputError(f"baselines: {err}") from None
+    if basis is not None:
+        check_basis(basis, [s for m in bench.molecules for s in m.symbols])
+    if grid_level is not None and (isinstance(grid_level, bool) or not isinstance(grid_level, (int, np.integer))
+                                   or not 0 <= grid_level <= MAX_GRID_LEVEL):
+        raise InputError(f"grid level must be an integer between 0 and {MAX_GRID_LEVEL}, got {grid_level!r}")
+    return bench
+
+
 @eqx.filter_jit
 def _forward(functional, system, max_steps):
     result = solve_batch(functional, system, max_steps=max_steps)
@@ -59,18 +88,23 @@ def _forward(functional, system, max_steps):
 
 
 def solve_molecules(functional, molecules, basis: str, grid_level: int, *, max_steps: int = 64,
-                    max_buckets: int = 2) -> tuple[dict[str, float], dict[str, bool]]:
+                    max_buckets: int = 2, progress: bool = False) -> tuple[dict[str, float], dict[str, bool]]:
     """Self-consistent total energies (Hartree) and convergence flags of `functional` for
-    [`nlxc.data.Molecule`][]s, keyed by molecule name (one compiled SCF per padded bucket)."""
+    [`nlxc.data.Molecule`][]s, keyed by molecule name (one compiled SCF per padded bucket);
+    `progress` shows `tqdm` bars on standard error."""
+    from tqdm.auto import tqdm
+
     from .grid_operators import required_grid_operators
     from .system import System
 
     molecules = list(molecules)
     spec = required_grid_operators(functional)
     systems = [System.from_pyscf(m.to_mole(basis), grid_level=grid_level, grid_operators=spec if spec else None)
-               for m in molecules]
+               for m in tqdm(molecules, desc="nlxc systems", unit="molecule", disable=not progress,
+                             dynamic_ncols=True)]
     energies, converged = {}, {}
-    for batch in make_batches(systems, max_buckets=max_buckets):
+    batches = make_batches(systems, max_buckets=max_buckets)
+    for batch in tqdm(batches, desc="nlxc SCF", unit="batch", disable=not progress, dynamic_ncols=True):
         e, c = _forward(functional, batch.system, max_steps)
         for i, m, ei, ci in zip(np.asarray(batch.index), np.asarray(batch.mask), np.asarray(e), np.asarray(c)):
             if m:
@@ -79,13 +113,18 @@ def solve_molecules(functional, molecules, basis: str, grid_level: int, *, max_s
     return energies, converged
 
 
-def _pyscf_energies(molecules, methods, basis, grid_level, cache: str, processes: int = 1):
-    from .data import compute_references
+def _pyscf_energies(molecules, methods, basis, grid_level, cache: str, processes: int = 1, progress: bool = False):
+    from .data import DatasetError, compute_references
 
     os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
     dataset = compute_references(list(molecules), cache, methods=list(methods), basis=basis, grid_level=grid_level,
-                                 processes=processes, progress=False)
-    return {m: dataset.energies(m) for m in methods}
+                                 processes=processes, progress=progress)
+    # Every cached energy is verified against its entry's SHA-256 (ReferenceDataset.energies):
+    # a corrupt or edited cache is an error, never a silently different baseline.
+    try:
+        return {m: dataset.energies(m) for m in methods}
+    except DatasetError as err:
+        raise DatasetError(f"{' '.join(str(err).split())}; delete the cache file {cache} to recompute it") from None
 
 
 def error_statistics(errors_kcal) -> dict:
@@ -109,7 +148,7 @@ def format_table(rows: Sequence[tuple[str, dict]], title: str, columns=(("mae", 
 
 def evaluate(functional, *, set_name: str, basis: str, grid_level: int, molecules: Sequence[str] | None = None,
              baselines: Sequence[str] = ("lda", "pbe", "b3lyp"), cache: str | None = None,
-             label: str = "nlxc (trained)", max_steps: int = 64, processes: int = 1) -> dict:
+             label: str = "nlxc (trained)", max_steps: int = 64, processes: int = 1, progress: bool = False) -> dict:
     """Reaction-energy errors of `functional` and of PySCF baselines on a benchmark set.
 
     **Arguments:**
@@ -126,6 +165,7 @@ def evaluate(functional, *, set_name: str, basis: str, grid_level: int, molecule
       default `nlxc-evaluation-<set>-<basis>-<grid>.h5` in the working directory.
     - `max_steps`: SCF iterations allowed to nlxc; `processes` for PySCF.
     - `label`: the name of the trained functional's row.
+    - `progress`: show `tqdm` progress bars on standard error (Systems, nlxc SCFs, PySCF).
 
     **Returns:** a dict with `set`, `basis`, `grid_level`, `reactions` (names), `methods`:
     `{label: {"mae", "rmse", "max", "n"}}` in kcal/mol over the reactions whose species all
@@ -134,18 +174,19 @@ def evaluate(functional, *, set_name: str, basis: str, grid_level: int, molecule
     `common`: the statistics over the reactions every method solved
     ([`common_subset`][nlxc.evaluation.common_subset]).
 
-    **Raises:** [`nlxc.InputError`][] for an unknown set or reaction name.
+    **Raises:** [`nlxc.InputError`][] before any calculation, as
+    `nlxc.evaluation.check_request` raises it: for an unknown set, reaction
+    name or baseline method, an unknown basis, or a grid level outside 0–9.
     """
     from .data import KCAL_PER_MOL
 
-    bench = _benchmark_set(set_name)
-    if molecules:
-        bench = bench.subset(list(molecules))
+    bench = check_request(set_name, molecules=molecules, baselines=baselines, basis=basis, grid_level=grid_level)
     cache = cache or f"nlxc-evaluation-{set_name.lower()}-{basis.lower()}-{grid_level}.h5"
-    energies, converged = solve_molecules(functional, bench.molecules, basis, grid_level, max_steps=max_steps)
+    energies, converged = solve_molecules(functional, bench.molecules, basis, grid_level, max_steps=max_steps,
+                                          progress=progress)
     methods = {label: (energies, converged)}
     if baselines:
-        pyscf = _pyscf_energies(bench.molecules, baselines, basis, grid_level, cache, processes)
+        pyscf = _pyscf_energies(bench.molecules, baselines, basis, grid_level, cache, processes, progress)
         for m in baselines:
             methods[_label(m)] = (pyscf[m], {n: True for n in pyscf[m]})
     reference = {r.name: r.reference / KCAL_PER_MOL for r in bench.reactions}

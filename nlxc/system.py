@@ -5,10 +5,12 @@ PySCF computes everything here once, in numpy; downstream everything is JAX.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-
+import contextlib
+import difflib
 import functools
+import os
+import warnings
+from collections.abc import Iterator, Sequence
 
 import equinox as eqx
 import jax
@@ -21,6 +23,79 @@ from .grid_operators import AuxiliaryGridOperators, GridOperatorSpec, build_grid
 
 ANGSTROM_TO_BOHR = 1.0 / 0.52917721092  # PySCF's param.BOHR (CODATA 2010)
 MIN_ATOM_DISTANCE_ANGSTROM = 0.1
+MAX_GRID_LEVEL = 9
+
+# PySCF (gto.basis.load) warns "Basis may be available in basis-set-exchange. It is recommended
+# to install basis-set-exchange" whenever a basis file lacks an element, which is also how
+# `df.make_auxbasis` probes for a fitting basis before it falls back to even-tempered functions.
+BASIS_SET_EXCHANGE_WARNING = r"(Basis|ECP) may be available in basis-set-exchange"
+"""Regular expression matching PySCF's "install basis-set-exchange" hint (a `UserWarning`)."""
+
+
+@contextlib.contextmanager
+def quiet_basis_lookup() -> Iterator[None]:
+    """Silence PySCF's "install basis-set-exchange" `UserWarning` (only that one) in the block."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=BASIS_SET_EXCHANGE_WARNING, category=UserWarning)
+        yield
+
+
+def _basis_key(name: str) -> str:
+    """A basis name as PySCF looks it up: lower case, without '-', '_', spaces, '@…'."""
+    return name.split("@")[0].lower().replace("-", "").replace("_", "").replace(" ", "")
+
+
+def _basis_hint(name: str) -> str:
+    """` (did you mean 'NAME'?)` for the closest basis name PySCF knows, or `''`."""
+    from pyscf.gto import basis as pyscf_basis
+
+    names: dict[str, str] = {}
+    for key, module in pyscf_basis.ALIAS.items():
+        stem = os.path.basename(module).removesuffix(".dat") if isinstance(module, str) else key
+        names[key] = stem if _basis_key(stem) == key else key
+    match = difflib.get_close_matches(_basis_key(name), list(names), n=1, cutoff=0.8)
+    return f" (did you mean {names[match[0]]!r}?)" if match else ""
+
+
+def check_basis(name: str, symbols: Sequence[str], *, kind: str = "basis") -> None:
+    """Check that PySCF has basis `name` for every element of `symbols`.
+
+    **Arguments:**
+
+    - `name`: a basis-set name (e.g. `"def2-svp"`), a file PySCF can read, or basis text in
+      NWChem format (which is not checked here; PySCF parses it when the `Mole` is built).
+    - `symbols`: element symbols, e.g. `["O", "H", "H"]`.
+    - `kind`: how the message names the basis, e.g. `"auxiliary basis"`.
+
+    **Raises:** [`nlxc.InputError`][] (one line) for a name PySCF does not know (with the
+    closest known name, if one is close) or a basis without functions for some element.
+    """
+    from pyscf.gto import basis as pyscf_basis
+    from pyscf.lib.exceptions import BasisNotFoundError
+
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"{kind} must be a basis-set name, got {name!r}")
+    if "\n" in name:
+        return
+    elements = sorted(set(symbols))
+    missing, unparsed = [], False
+    with quiet_basis_lookup():
+        for symbol in elements:
+            try:
+                pyscf_basis.load(name, symbol)
+            except (BasisNotFoundError, KeyError) as err:  # KeyError: a Pople-like name PySCF cannot parse
+                missing.append(symbol)
+                unparsed = unparsed or isinstance(err, KeyError)
+    if not missing:
+        return
+    key = _basis_key(name)
+    known = (len(missing) < len(elements) or os.path.isfile(name)
+             or any(key in table for table in (pyscf_basis.ALIAS, pyscf_basis.GTH_ALIAS,
+                                                pyscf_basis.USER_BASIS_ALIAS, pyscf_basis.USER_GTH_ALIAS))
+             or (key.startswith(("631", "321", "431")) and not unparsed))
+    if known:
+        raise InputError(f"{kind} {name!r} has no functions for {', '.join(missing)}")
+    raise InputError(f"unknown {kind} {name!r}{_basis_hint(name)}")
 
 
 @functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
@@ -126,11 +201,12 @@ class System(eqx.Module):
 
         **Arguments:**
 
-        - `mol`: a built `pyscf.gto.Mole`.
-        - `grid_level`: PySCF's grid level (0–9), as `mf.grids.level`; ignored if `grids` is given.
-        - `auxbasis`: auxiliary basis for density fitting. `None` picks PySCF's default
-          (`pyscf.df.make_auxbasis`, i.e. def2-universal-jkfit for def2 bases), exactly what
-          `mf.density_fit()` uses.
+        - `mol`: a built `pyscf.gto.Mole` (after `mol.build()`).
+        - `grid_level`: PySCF's grid level, an integer 0–9, as `mf.grids.level`; ignored if
+          `grids` is given.
+        - `auxbasis`: auxiliary basis for density fitting: a basis name (or a dict element →
+          name, as PySCF takes it). `None` picks PySCF's default (`pyscf.df.make_auxbasis`,
+          i.e. def2-universal-jkfit for def2 bases), exactly what `mf.density_fit()` uses.
         - `restricted`: spin-restricted (closed-shell) or unrestricted; default: restricted iff
           `mol.spin == 0`.
         - `init_guess`: `"minao"` (PySCF's superposition of atomic densities) or `"core"`
@@ -145,12 +221,33 @@ class System(eqx.Module):
 
         **Returns:** a `System`.
 
-        **Raises:** [`nlxc.InputError`][] for an unknown `init_guess`, when `restricted=True`
-        is asked for an open-shell molecule, or for a `grid_operators` that is not a
-        `GridOperatorSpec`.
+        **Raises:** [`nlxc.InputError`][] (one line, before any integral is computed, except
+        the orbital count) when `mol` is not a `pyscf.gto.Mole` or was not built; for a
+        `grid_level` that is not an integer 0–9; for a charge/spin inconsistent with the
+        electron count; when a spin channel has more electrons than the basis has linearly
+        independent orbitals; for an unknown auxiliary basis (naming it, with the closest
+        known name) or one without functions for an element; for an unknown `init_guess`, a
+        `block_size` that is not a positive integer, `restricted=True` for an open-shell
+        molecule, or a `grid_operators` that is not a `GridOperatorSpec`.
         """
-        from pyscf import df, dft, lib, scf
+        from pyscf import df, dft, gto, lib, scf
 
+        if not isinstance(mol, gto.Mole):
+            raise InputError(f"expected a built pyscf.gto.Mole, got {type(mol).__name__}")
+        if mol.natm == 0 or mol.nbas == 0:
+            raise InputError("the pyscf.gto.Mole has no atoms or no basis functions: call mol.build() first")
+        if isinstance(grid_level, bool) or not isinstance(grid_level, (int, np.integer)) \
+                or not 0 <= grid_level <= MAX_GRID_LEVEL:
+            raise InputError(f"grid_level must be an integer between 0 and {MAX_GRID_LEVEL}, got {grid_level!r}")
+        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+            raise InputError(f"block_size must be a positive integer, got {block_size!r}")
+        if restricted is not None and not isinstance(restricted, (bool, np.bool_)):
+            raise InputError(f"restricted must be True, False or None, got {restricted!r}")
+        n_total = mol.nelectron
+        if n_total <= 0:
+            raise InputError(f"charge {mol.charge} leaves {n_total} electrons")
+        if abs(mol.spin) > n_total or (n_total - mol.spin) % 2:
+            raise InputError(f"spin 2S={mol.spin} is inconsistent with {n_total} electrons (charge {mol.charge})")
         if restricted is None:
             restricted = mol.spin == 0
         if restricted and mol.spin != 0:
@@ -159,15 +256,30 @@ class System(eqx.Module):
             raise InputError(f"unknown initial guess {init_guess!r}; use 'minao' or 'core'")
         if grid_operators is not None and not isinstance(grid_operators, GridOperatorSpec):
             raise InputError(f"grid_operators must be a nlxc.GridOperatorSpec or None, got {type(grid_operators).__name__}")
+        symbols = [mol.atom_pure_symbol(i) for i in range(mol.natm)]
+        if isinstance(auxbasis, dict):
+            for element, name in auxbasis.items():
+                if isinstance(name, str):
+                    check_basis(name, symbols if element == "default" else [element], kind="auxiliary basis")
+        elif isinstance(auxbasis, str):
+            check_basis(auxbasis, symbols, kind="auxiliary basis")
 
         overlap = mol.intor_symmetric("int1e_ovlp")
-        hcore = scf.hf.get_hcore(mol)
         s_eig, s_vec = np.linalg.eigh(overlap)
         keep = s_eig > 1e-8
+        nmo = int(np.count_nonzero(keep))
+        for n, channel in zip(mol.nelec, ("alpha", "beta")):
+            if n > nmo:
+                basis = f"basis {mol.basis}" if isinstance(mol.basis, str) else "the basis"
+                independent = "" if nmo == mol.nao else " linearly independent"
+                raise InputError(f"{n} {channel} electrons but only {nmo}{independent} orbitals in {basis} "
+                                 f"(charge {mol.charge}, 2S={mol.spin})")
         orthogonalizer = s_vec[:, keep] / np.sqrt(s_eig[keep])
+        hcore = scf.hf.get_hcore(mol)
 
         if auxbasis is None:
-            auxbasis = df.make_auxbasis(mol)
+            with quiet_basis_lookup():  # make_auxbasis probes basis files and falls back to ETB
+                auxbasis = df.make_auxbasis(mol)
         cderi_packed = df.incore.cholesky_eri(mol, auxbasis=auxbasis, aosym="s2ij", verbose=0)
         naux = cderi_packed.shape[0]
         cderi = jnp.zeros((naux, mol.nao, mol.nao))
@@ -236,9 +348,10 @@ class System(eqx.Module):
         `charge` is the total charge, `spin` is 2S = N_α − N_β (PySCF's convention); other
         keyword arguments go to [`System.from_pyscf`][nlxc.System.from_pyscf].
 
-        **Raises:** [`nlxc.InputError`][] for an unreadable or ill-formed file, an unknown
-        element or basis, a charge/spin inconsistent with the electron count, or atoms closer
-        than 0.1 Å.
+        **Raises:** [`nlxc.InputError`][] for a missing, unreadable or ill-formed file (naming
+        the file and line; see `nlxc.system.read_xyz`), an unknown element or
+        basis, a charge/spin inconsistent with the electron count, atoms closer than 0.1 Å,
+        and as [`System.from_pyscf`][nlxc.System.from_pyscf] raises.
         """
         return cls.from_pyscf(mole_from_xyz(path, basis, charge=charge, spin=spin), **kwargs)
 
@@ -273,10 +386,12 @@ def build_mole(
 
     **Raises:** [`nlxc.InputError`][] (one line, naming the problem) for: no atoms, an unknown
     element, non-finite coordinates, two atoms closer than 0.1 Å, a charge/spin inconsistent
-    with the number of electrons, an unknown basis.
+    with the number of electrons, an unknown basis (with the closest known name) or one without
+    functions for an element.
     """
     from pyscf import gto
     from pyscf.data import elements
+    from pyscf.lib.exceptions import BasisNotFoundError
 
     if len(geometry) == 0:
         raise InputError("the geometry has no atoms")
@@ -309,42 +424,112 @@ def build_mole(
         raise InputError(
             f"spin 2S={spin} is inconsistent with {n_electrons} electrons (charge {charge})"
         )
+    check_basis(basis, symbols)
     try:
-        mol = gto.M(
-            atom=[(s, tuple(c)) for s, c in zip(symbols, coords)],
-            basis=basis,
-            charge=int(charge),
-            spin=int(spin),
-            unit=unit,
-            verbose=0,
-        )
-    except Exception as err:  # PySCF raises KeyError/RuntimeError/BasisNotFoundError
-        raise InputError(f"unknown basis {basis!r} for {'/'.join(sorted(set(symbols)))}") from err
+        with quiet_basis_lookup():
+            mol = gto.M(
+                atom=[(s, tuple(c)) for s, c in zip(symbols, coords)],
+                basis=basis,
+                charge=int(charge),
+                spin=int(spin),
+                unit=unit,
+                verbose=0,
+            )
+    except BasisNotFoundError as err:  # basis text (not a name) that PySCF cannot parse
+        detail = " ".join(str(err).split())
+        raise InputError(f"unknown basis {basis!r} for {'/'.join(sorted(set(symbols)))}: {detail}") from None
     if mol.nao == 0:
         raise InputError(f"basis {basis!r} has no functions for these elements")
     return mol
 
 
-def mole_from_xyz(path: str | os.PathLike, basis: str, *, charge: int = 0, spin: int = 0):
-    """Read a standard XYZ file (Ångström) with ASE and build a validated PySCF `Mole`.
+def read_xyz(path: str | os.PathLike) -> list[tuple[str, tuple[float, float, float]]]:
+    """Read a standard (single-frame) XYZ file.
 
-    **Raises:** [`nlxc.InputError`][] as [`build_mole`][nlxc.system.build_mole] does, and for a
-    missing, unreadable or ill-formed file.
+    The format: line 1 the number of atoms N, line 2 a comment, then N lines
+    `symbol x y z` (Ångström; further columns are ignored; the symbol is matched
+    case-insensitively, an atomic number is also accepted). Blank lines at the end are ignored;
+    any other line after the N atoms is an error (a multi-frame file is refused).
+
+    **Returns:** `[(element symbol, (x, y, z)), ...]` in Ångström, as
+    [`build_mole`][nlxc.system.build_mole] takes it.
+
+    **Raises:** [`nlxc.InputError`][] (one line, naming the file and, for a malformed file, the
+    line) for a missing file, a directory, an unreadable or non-text file, an empty file, a
+    first line that is not a positive atom count, fewer atom lines than that count, a line
+    that is not `symbol x y z` with numeric, finite coordinates, an unknown element, or extra
+    lines after the atoms.
     """
-    import ase.io
+    from pyscf.data import elements
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a directory, not an XYZ file")
+    if not os.path.exists(path):
         raise InputError(f"cannot read {path}: no such file")
     try:
-        atoms = ase.io.read(path, format="xyz")
-    except KeyError as err:  # ASE's way of saying "unknown chemical symbol"
-        raise InputError(f"{path}: unknown element {err.args[0]!r}") from err
-    except Exception as err:
-        detail = str(err).splitlines()[0] if str(err) else err.__class__.__name__
-        raise InputError(f"{path} is not a valid XYZ file ({detail})") from err
-    geometry = [(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.get_positions())]
-    return build_mole(geometry, basis, charge=charge, spin=spin)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a valid XYZ file: it is not UTF-8 text") from None
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror or err}") from None
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    bad = f"{path} is not a valid XYZ file"
+    if not lines:
+        raise InputError(f"{bad}: the file is empty")
+    try:
+        n_atoms = int(lines[0].strip())
+    except ValueError:
+        raise InputError(f"{bad}: line 1 should be the number of atoms, got {lines[0].strip()!r}") from None
+    if n_atoms < 1:
+        raise InputError(f"{bad}: line 1 should be a positive number of atoms, got {n_atoms}")
+    found = max(len(lines) - 2, 0)
+    if found < n_atoms:
+        raise InputError(f"{bad}: line 1 says {n_atoms} atoms but only {found} atom line"
+                         f"{'' if found == 1 else 's'} follow")
+    geometry = []
+    for number, line in enumerate(lines[2 : 2 + n_atoms], start=3):
+        tokens = line.split()
+        if len(tokens) < 4:
+            raise InputError(f"{bad}: line {number} should be 'symbol x y z', got {line.strip()!r}")
+        label = tokens[0]
+        if label.isdigit():
+            z = int(label)
+            symbol = elements.ELEMENTS[z] if 1 <= z < len(elements.ELEMENTS) else label
+        else:
+            symbol = label[:1].upper() + label[1:].lower()
+        if symbol not in elements.ELEMENTS[1:]:
+            raise InputError(f"{bad}: line {number}: unknown element {label!r}")
+        try:
+            xyz = tuple(float(t) for t in tokens[1:4])
+        except ValueError:
+            raise InputError(f"{bad}: line {number} has a non-numeric coordinate: {line.strip()!r}") from None
+        if not all(np.isfinite(xyz)):
+            raise InputError(f"{bad}: line {number} has a non-finite coordinate: {line.strip()!r}")
+        geometry.append((symbol, xyz))
+    for number, line in enumerate(lines[2 + n_atoms :], start=3 + n_atoms):
+        if line.strip():
+            raise InputError(f"{bad}: line {number} follows the {n_atoms} atom{'' if n_atoms == 1 else 's'} "
+                             "of line 1 (a wrong atom count, or several frames?)")
+    return geometry
+
+
+def mole_from_xyz(path: str | os.PathLike, basis: str, *, charge: int = 0, spin: int = 0):
+    """Read a standard XYZ file (Ångström) and build a validated PySCF `Mole`.
+
+    The file (read by `nlxc.system.read_xyz`): line 1 the number of atoms N, line 2 a comment,
+    then N lines `symbol x y z` in Ångström (further columns ignored); one frame only.
+
+    **Raises:** [`nlxc.InputError`][] (one line) as [`build_mole`][nlxc.system.build_mole]
+    does, and, naming the file (and the line), for a missing file, a directory, an unreadable
+    or non-text file, an empty file, a first line that is not a positive atom count, fewer atom
+    lines than that count, an atom line that is not `symbol x y z` with finite numbers, an
+    unknown element, or lines after the N atoms.
+    """
+    return build_mole(read_xyz(path), basis, charge=charge, spin=spin)
 
 
 def pad_system(

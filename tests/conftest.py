@@ -1,10 +1,41 @@
 """Shared, session-scoped fixtures: molecules and their Systems are built once per test run."""
 
 import functools
+import os
+import sys
 
 import pytest
 
-import nlxc  # noqa: F401  (enables float64 before anything else touches JAX)
+# --- Before JAX is imported: a persistent compilation cache and one thread per worker ----------
+# The suite is dominated by XLA compilation. A per-user cache directory keyed by the Python, JAX
+# and jaxlib versions lets a second run (and the subprocesses of the CLI tests, which inherit
+# the environment) load compiled programs instead of compiling them again. JAX also keys each
+# entry by the program, its compile options and the backend, so a stale entry is never used.
+# Set NLXC_TEST_NO_CACHE=1 for a cold run that neither reads nor writes the cache.
+def _jax_cache_dir() -> str:
+    from importlib.metadata import version
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-jax{version('jax')}-jaxlib{version('jaxlib')}"
+    return os.path.join(base, "nlxc", "jax-compilation-cache", tag)
+
+
+if not os.environ.get("NLXC_TEST_NO_CACHE"):
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _jax_cache_dir())
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# pytest-xdist runs one worker per core: each worker (and its subprocesses) computes on one
+# thread, so that two workers do not oversubscribe two cores (XLA's Eigen pool, OpenMP in PySCF,
+# OpenBLAS). A run with `-n 0` keeps the defaults.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+    _flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in _flags:
+        os.environ["XLA_FLAGS"] = (_flags + " --xla_cpu_multi_thread_eigen=false"
+                                   " intra_op_parallelism_threads=1").strip()
+
+import nlxc  # noqa: E402,F401  (enables float64 before anything else touches JAX)
 
 # Geometries in Ångström (experimental or near-equilibrium), (atoms, charge, 2S).
 MOLECULES = {

@@ -6,9 +6,17 @@ shared by every run in this module (the step is cached on the optimiser, loss an
 """
 
 import dataclasses
+import io
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import equinox as eqx
+import h5py
 import jax
 import numpy as np
 import pytest
@@ -17,7 +25,7 @@ from pyscf import df, dft
 import nlxc
 from nlxc.cli import main
 from nlxc.data import KCAL_PER_MOL, Molecule, compute_references, g2
-from nlxc.train import ConfigError, TrainConfig, load_checkpoint, load_config, train
+from nlxc.train import ConfigError, TrainConfig, TrainingError, build_functional, load_checkpoint, load_config, train
 
 pytestmark = pytest.mark.xdist_group("train")
 
@@ -49,6 +57,21 @@ def _config(dataset_path, output_dir, **training):
         "optimizer": {"name": "adam", "learning_rate": 1e-2, "schedule": "cosine"},
         "training": {"steps": STEPS, "checkpoint_every": 1, "progress": False, **training},
     })
+
+
+def _toml(dataset_path, output_dir, **training) -> str:
+    """The config of `_config` as a TOML file's text."""
+    config = _config(dataset_path, output_dir, **training).to_dict()
+    lines = []
+    for section in ("run", "data", "model", "loss", "optimizer", "training"):
+        lines.append(f"[{section}]")
+        for key, value in config[section].items():
+            if value is None or value == [] or key == "options":
+                continue
+            lines.append(f"{key} = {json.dumps(value)}")
+    options = ", ".join(f"{k} = {json.dumps(v)}" for k, v in config["model"]["options"].items())
+    lines.append(f"[model.options]\n{options.replace(', ', chr(10))}")
+    return "\n".join(lines) + "\n"
 
 
 def _leaves(tree):
@@ -243,3 +266,171 @@ def test_bad_configs_from_files_and_cli(tmp_path, capsys):
     assert main(["train", str(data)]) == 2
     assert "no molecule 'XeF6'" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Failures are values; Ctrl-C; moved runs (issue 12). All reuse the module's compiled step.
+# --------------------------------------------------------------------------------------------
+
+
+def _npy_records(path) -> list[np.ndarray]:
+    """The leaves of an .eqx file, in order (it is a sequence of .npy records)."""
+    data = open(path, "rb").read()
+    f, out = io.BytesIO(data), []
+    while f.tell() < len(data):
+        out.append(np.load(f))
+    return out
+
+
+def _nan_label_dataset(dataset_path, path, molecule="LiH"):
+    """A copy of the dataset whose `molecule` has a NaN B3LYP label (with a valid checksum)."""
+    from nlxc.data._reference import _digest, _python
+
+    shutil.copy(dataset_path, path)
+    with h5py.File(path, "r+") as f:
+        g = f["molecules"][molecule]["b3lyp"]
+        g.attrs["energy"] = np.nan
+        arrays = {k: np.asarray(g[k][()]) for k in g}
+        g.attrs["data_sha256"] = _digest(arrays, {k: _python(v) for k, v in g.attrs.items()})
+    return str(path)
+
+
+def test_failed_steps_keep_the_last_good_state_and_stop_with_exit_1(dataset_path, tmp_path, capsys):
+    """A NaN label makes every step fail: each keeps the initial parameters, is logged, and the
+    second in a row (max_failed_steps = 2) stops `nlxc train` with one line and exit 1; last.eqx
+    holds the (finite) initial parameters."""
+    data = _nan_label_dataset(dataset_path, tmp_path / "nan.h5")
+    out = tmp_path / "failing"
+    config = tmp_path / "failing.toml"
+    config.write_text(_toml(data, out))
+    assert main(["train", str(config)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert "2 consecutive failed steps (0 to 1" in err and "training loss not finite" in err and "last.eqx" in err
+    records = _metrics(out)
+    assert [(r["step"], r["ok"]) for r in records] == [(0, False), (1, False)]
+    assert all("training loss not finite" in r["reason"] for r in records)
+    meta = json.load(open(out / "last.json"))
+    assert (meta["step"], meta["failures"]) == (2, 2)
+    functional, trainable = build_functional(_config(data, out).model, 1)
+    initial = _leaves(eqx.partition(functional, trainable)[0])
+    stored = _npy_records(out / "last.eqx")
+    # every array is finite (the 0-d counters hold best_value = inf: no step succeeded)
+    assert all(np.all(np.isfinite(a)) for a in stored if a.dtype.kind == "f" and a.ndim > 0)
+    for a, b in zip(initial, stored[: len(initial)], strict=True):  # params: the first leaves of TrainState
+        np.testing.assert_array_equal(a, b)
+    assert not (out / "best.eqx").exists()
+    # running it again says so at once, without a step
+    with pytest.raises(TrainingError, match="stopped after 2 consecutive failed steps") as info:
+        train(_config(data, out), evaluate=False)
+    assert "\n" not in str(info.value)
+
+
+def test_a_failed_step_keeps_its_parameters_and_the_run_goes_on(dataset_path, uninterrupted, tmp_path):
+    """NaN SCF starting points (a resumed state) make one step fail; it keeps its parameters and
+    the next step, from the Systems' initial guesses, takes the same parameters on."""
+    from nlxc.train import _read_sidecar, _write_checkpoint
+
+    out_a, _ = uninterrupted
+    out = tmp_path / "nan-guesses"
+    config = _config(dataset_path, out)
+
+    def interrupt(step, metrics):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callback=interrupt, evaluate=False)
+    records = _npy_records(out / "last.eqx")
+    poisoned = [np.full_like(a, np.nan) if a.ndim == 4 else a for a in records]  # guesses: (batch, 2, nao, nao)
+    assert sum(a.ndim == 4 for a in records) >= 1
+    meta = {k: v for k, v in _read_sidecar(str(out / "last.eqx")).items()
+            if k not in ("format", "format_version", "sha256", "previous_sha256")}
+    _write_checkpoint(str(out / "last.eqx"), poisoned, meta)
+
+    result = train(config, evaluate=False)
+    metrics, reference = _metrics(out), _metrics(out_a)
+    assert [m["step"] for m in metrics] == list(range(STEPS + 1))
+    assert [m["ok"] for m in metrics] == [True, True, False, True, True]
+    assert "not finite" in metrics[2]["reason"] or "SCF not converged" in metrics[2]["reason"]
+    # step 3 started from step 2's parameters (kept), so it has the uninterrupted step 2's loss
+    assert metrics[3]["loss"]["train"] == pytest.approx(reference[2]["loss"]["train"], rel=1e-7)
+    assert all(np.all(np.isfinite(a)) for a in _leaves(result.final_functional))
+
+
+_CLI = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from nlxc.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def _interrupt(config_path, out, *, wait_for, env=None, timeout=600):
+    """Run `nlxc train CONFIG` in a subprocess; SIGINT it once `wait_for(out)` holds. Returns the
+    exit status, the seconds from SIGINT to exit, and the output."""
+    process = subprocess.Popen([sys.executable, "-c", _CLI, "train", str(config_path)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=env)
+    t0 = time.monotonic()
+    try:
+        while not wait_for(out):
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() - t0 < timeout
+            time.sleep(0.02)
+        t_signal = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=120)[0]
+        return process.returncode, time.monotonic() - t_signal, output
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_ctrl_c_during_the_first_compilation_exits_130_at_once(dataset_path, tmp_path):
+    """Without the compilation cache the first step compiles for minutes; Ctrl-C then exits 130
+    within seconds (no crash in XLA's compiling threads), leaving no checkpoint and nothing
+    half-written."""
+    out = tmp_path / "compiling"
+    config = tmp_path / "c.toml"
+    config.write_text(_toml(dataset_path, out))
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+    started = []
+
+    def compiling(out):  # config.json is written just before the first step is traced and compiled
+        if not started and (out / "config.json").exists():
+            started.append(time.monotonic())
+        return started and time.monotonic() - started[0] > 4
+
+    code, seconds, output = _interrupt(config, out, wait_for=compiling, env=env)
+    assert code == 130, output
+    assert seconds < 20, (seconds, output)
+    assert "interrupted before the first step" in output
+    assert sorted(os.listdir(out)) == ["config.json", "manifest.json"]
+
+
+def test_ctrl_c_between_steps_checkpoints_and_the_moved_run_resumes(dataset_path, uninterrupted, tmp_path,
+                                                                    monkeypatch):
+    """Ctrl-C after some steps (checkpoints only every 100 steps) writes the checkpoint of the last
+    completed step and exits 130; the run directory, moved and named by a relative path, resumes
+    to exactly the uninterrupted run."""
+    out_a, result_a = uninterrupted
+    out = tmp_path / "first-place"
+    config = tmp_path / "c.toml"
+    config.write_text(_toml(dataset_path, out, checkpoint_every=100))
+
+    def stepped(out):
+        return (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 1
+
+    code, seconds, output = _interrupt(config, out, wait_for=stepped)
+    assert code == 130, output
+    assert seconds < 20, (seconds, output)
+    step = json.load(open(out / "last.json"))["step"]
+    assert 1 <= step < STEPS and f"interrupted: checkpoint at step {step}" in output
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+    shutil.move(out, tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    result_b = train(_config(dataset_path, "moved", checkpoint_every=100), evaluate=False)
+    assert result_b.output_dir == "moved"
+    for a, b in zip(_leaves(result_a.final_functional), _leaves(result_b.final_functional), strict=True):
+        np.testing.assert_array_equal(a, b)
+    metrics_b = _metrics(tmp_path / "moved")
+    assert [m["step"] for m in metrics_b] == list(range(STEPS + 1))
+    assert [m["loss"] for m in _metrics(out_a)] == [m["loss"] for m in metrics_b]

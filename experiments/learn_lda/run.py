@@ -66,8 +66,9 @@ from nlxc.xc._base import AbstractSemilocalFunctional  # noqa: E402
 from nlxc.xc.lda import RS_FACTOR, spin_variables  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-# Implicit adjoint of the SCF with GMRES: BiCGStab (nlxc's default) breaks down (NaN) on the
-# gradient of the H atom's energy, whose right-hand side the SCF Jacobian nearly annihilates.
+# Implicit adjoint of the SCF with GMRES. BiCGStab (nlxc's default) once broke down (NaN) on the
+# gradient of the H atom's energy; that no longer reproduces (regression test in tests/test_scf.py),
+# but GMRES is kept so the published numbers stay reproducible.
 ADJOINT = nlxc.scf.ImplicitAdjoint(method="gmres")
 MHA = 1e3  # Hartree -> milliHartree
 # −ε_x(r_s, ζ=0) · r_s for the uniform gas: c_x = (3/4)(9/(4π²))^{1/3} ≈ 0.4582 Hartree·Bohr
@@ -280,7 +281,7 @@ def ks_residuals(params, static, batches, targets, max_steps, gradient="implicit
     molecule's own SCF energy (a vmap over molecules of `jax.grad` of `nlxc.solve`).
 
     `gradient="implicit"`: through the SCF by the implicit adjoint (GMRES; BiCGStab, the default
-    of `nlxc.solve`, returns NaN for the H atom's energy, see the docs of this experiment).
+    of `nlxc.solve`, once returned NaN for the H atom's energy, see the docs of this experiment).
     `gradient="hellmann-feynman"`: ∂E/∂θ at the fixed self-consistent density, which is the same
     number because the SCF energy is stationary in the density (checked to ~1e-16 relative).
     """

@@ -29,8 +29,16 @@ CC_CONV_TOL = 1e-9  # Hartree, CCSD energy change
 CC_CONV_TOL_NORMT = 1e-7  # CCSD amplitude change
 
 
+# the same pattern as nlxc.system.BASIS_SET_EXCHANGE_WARNING (not imported: that pulls in JAX)
+_BASIS_SET_EXCHANGE_WARNING = r"(Basis|ECP) may be available in basis-set-exchange"
+
+
 def init_worker(single_thread: bool) -> None:
-    """Pool initializer: one OpenMP thread for PySCF per worker process when asked."""
+    """Pool initializer: one OpenMP thread for PySCF per worker process when asked, and PySCF's
+    "install basis-set-exchange" hint (printed by every `df.make_auxbasis`) silenced."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=_BASIS_SET_EXCHANGE_WARNING, category=UserWarning)
     if single_thread:
         from pyscf import lib
 

@@ -187,6 +187,14 @@ def _open(path: str, mode: str):
         for attr in ("basis", "grid_level"):
             if attr not in f.attrs:
                 raise DatasetError(f"{path} is missing the root attribute {attr!r}")
+        basis = _python(f.attrs["basis"])
+        if not isinstance(basis, str) or not basis.strip():
+            raise DatasetError(f"{path}: the root attribute 'basis' must be a basis-set name, "
+                               f"got {basis!r}")
+        level = _python(f.attrs["grid_level"])
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 9:
+            raise DatasetError(f"{path}: the root attribute 'grid_level' must be an integer "
+                               f"between 0 and 9, got {level!r}")
     except BaseException:
         f.close()
         raise
@@ -478,11 +486,14 @@ def compute_references(
                         on_entry(name, given)
 
             if processes == 1 or len(jobs) <= 1:
+                from ..system import quiet_basis_lookup
                 from ._pyscf_worker import compute_job
 
                 for job in jobs:
                     bar.set_postfix_str(f"{job['molecule']['name']}/{','.join(job['given'])}")
-                    store(job, compute_job(job))
+                    with quiet_basis_lookup():
+                        results = compute_job(job)
+                    store(job, results)
             else:
                 _run_pool(jobs, min(processes, len(jobs)), store)
 
@@ -529,16 +540,19 @@ def _run_pool(jobs: list[dict], processes: int, store: Callable[[dict, list[dict
 class ReferenceDataset:
     """A reference file written by [`compute_references`][nlxc.data.compute_references].
 
-    Opening reads the index (molecules, methods, energies) and closes the file; each
-    [`entry`][nlxc.data.ReferenceDataset.entry] reopens it briefly, reads the arrays into numpy
-    and verifies their checksum. No file handle is kept open. Only complete entries are listed.
+    Opening reads the index (molecules, methods) and closes the file; each
+    [`entry`][nlxc.data.ReferenceDataset.entry] (and [`energies`][nlxc.data.ReferenceDataset.energies])
+    reopens it briefly, reads the arrays into numpy and verifies their checksum: no data reach
+    the caller unverified. No file handle is kept open. Only complete entries are listed.
 
     **Arguments:**
 
     - `path`: the HDF5 file.
 
-    **Raises:** [`DatasetError`][nlxc.data.DatasetError] if the file does not exist, is not an
-    nlxc reference file, has a newer format version, or is truncated/corrupt.
+    **Raises:** [`DatasetError`][nlxc.data.DatasetError] (naming the file, and the attribute)
+    if the file does not exist, is not an nlxc reference file, has a newer format version, a
+    root attribute `basis` that is not a name or `grid_level` that is not an integer 0–9, or is
+    truncated/corrupt.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -619,11 +633,15 @@ class ReferenceDataset:
     def energies(self, method: str) -> dict[str, float]:
         """`{name: total energy (Hartree)}` for every molecule with a complete `method` entry.
 
-        The energies come from the index read at opening; unlike
-        [`entry`][nlxc.data.ReferenceDataset.entry] this does not verify checksums.
+        Each entry is read and its `data_sha256` verified, as
+        [`entry`][nlxc.data.ReferenceDataset.entry] does (the checksum covers the arrays, so
+        they are read too).
+
+        **Raises:** [`DatasetError`][nlxc.data.DatasetError] (naming the file and the entry) if
+        an entry does not match its checksum (corrupt or modified file).
         """
         key = _method_group(method)
-        return {n: energy for (n, k), (_, energy) in self._entries.items() if k == key}
+        return {n: self.entry(n, method).energy for (n, k) in self._entries if k == key}
 
     def entry(self, name: str, method: str) -> ReferenceEntry:
         """Read one entry (all arrays into numpy) and verify its `data_sha256`.

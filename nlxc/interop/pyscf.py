@@ -28,7 +28,7 @@ import numpy as np
 from .._errors import InputError
 from ..grid_operators import GridOperatorSpec, required_grid_operators
 from ..scf._energy import energy_components
-from ..system import System
+from ..system import System, quiet_basis_lookup
 from ..xc._base import AbstractFunctional
 
 __all__ = ["KS", "NlxcKS", "required_grid_operators"]
@@ -358,7 +358,8 @@ def KS(
         if grids.coords is None:
             grids.build(with_non0tab=False)
         if auxbasis is None:
-            auxbasis = df.make_auxbasis(mol)
+            with quiet_basis_lookup():
+                auxbasis = df.make_auxbasis(mol)
         if grid_operators is None:
             needed = required_grid_operators(functional)
             grid_operators = None if _is_empty(needed) else needed

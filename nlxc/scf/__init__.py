@@ -1,13 +1,19 @@
 """Self-consistent field: the Kohn–Sham fixed point as a pure, differentiable JAX function."""
 
 from ._aufbau import FermiDirac, density_from_fock, eigh, orbitals
+from ._base import AbstractSCFSolver, SCFArguments, SCFProgress
+from ._newton import OrbitalNewton
 from ._energy import EnergyComponents, energy_and_fock, energy_components
-from .adjoint import ImplicitAdjoint, UnrolledAdjoint, ZeroSafeSolver
+from .adjoint import FAILED_SOLVE, FailAsValue, ImplicitAdjoint, UnrolledAdjoint, ZeroSafeSolver
 from .cdiis import CDIIS
 from .diis import DIIS
 from .solve import SCFHistory, SCFResult, solve
 
 __all__ = [
+    "AbstractSCFSolver",
+    "OrbitalNewton",
+    "SCFArguments",
+    "SCFProgress",
     "CDIIS",
     "DIIS",
     "EnergyComponents",
@@ -17,6 +23,8 @@ __all__ = [
     "SCFResult",
     "UnrolledAdjoint",
     "ZeroSafeSolver",
+    "FailAsValue",
+    "FAILED_SOLVE",
     "density_from_fock",
     "eigh",
     "energy_and_fock",

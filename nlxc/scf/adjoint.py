@@ -11,7 +11,25 @@ import lineax as lx
 import optimistix as optx
 
 
-class ZeroSafeSolver(lx.AbstractLinearSolver):
+class _WrappedSolver(lx.AbstractLinearSolver):
+    """A linear solver that changes what `inner` computes and delegates everything else."""
+
+    inner: eqx.AbstractVar[lx.AbstractLinearSolver]
+
+    def init(self, operator, options: dict[str, Any]):
+        return self.inner.init(operator, options)
+
+    def transpose(self, state, options: dict[str, Any]):
+        return self.inner.transpose(state, options)
+
+    def conj(self, state, options: dict[str, Any]):
+        return self.inner.conj(state, options)
+
+    def assume_full_rank(self) -> bool:
+        return self.inner.assume_full_rank()
+
+
+class ZeroSafeSolver(_WrappedSolver):
     """A Krylov linear solver that answers two trivial right-hand sides exactly.
 
     BiCGStab and GMRES divide by norms that vanish in two cases that are common, not exotic,
@@ -30,9 +48,6 @@ class ZeroSafeSolver(lx.AbstractLinearSolver):
     """
 
     inner: lx.AbstractLinearSolver
-
-    def init(self, operator, options: dict[str, Any]):
-        return self.inner.init(operator, options)
 
     def compute(self, state, vector, options: dict[str, Any]):
         def norm(tree):
@@ -67,14 +82,40 @@ class ZeroSafeSolver(lx.AbstractLinearSolver):
         return jax.lax.switch(index, [lambda: trivial(jax.tree.map(jnp.zeros_like, vector)),
                                       lambda: trivial(jax.tree.map(lambda b: b / safe, vector)), solved])
 
-    def transpose(self, state, options: dict[str, Any]):
-        return self.inner.transpose(state, options)
 
-    def conj(self, state, options: dict[str, Any]):
-        return self.inner.conj(state, options)
 
-    def assume_full_rank(self) -> bool:
-        return self.inner.assume_full_rank()
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+# What a failed adjoint solve returns under `FailAsValue`: finite, because lineax turns a
+# non-finite solution (or input) into an exception that a transposed solve always raises; so
+# large that any gradient it reaches overflows, which a caller detects as a non-finite norm.
+FAILED_SOLVE = 1e300
+
+
+class FailAsValue(_WrappedSolver):
+    """A linear solver that reports its failures as values, not exceptions.
+
+    Where the wrapped solver did not succeed (a Krylov breakdown, no convergence within its
+    steps), or its right-hand side is not finite (the cotangent of a NaN loss), the solution is
+    `FAILED_SOLVE` (1e300) and the result "successful". lineax raises on any failed solve inside
+    a transposed (reverse-mode) solve whatever `throw` says, which would turn one unlucky adjoint
+    solve into an exception out of a compiled training step; with this wrapper it is a gradient
+    whose norm overflows, which the caller rejects (`nlxc.train` keeps its parameters and logs
+    the step).
+    """
+
+    inner: lx.AbstractLinearSolver
+
+    def compute(self, state, vector, options: dict[str, Any]):
+        finite_input = _all_finite(vector)
+        vector = jax.tree.map(lambda x: jnp.where(finite_input, x, 0.0), vector)
+        solution, result, stats = self.inner.compute(state, vector, options)
+        failed = (result != lx.RESULTS.successful) | ~finite_input | ~_all_finite(solution)
+        solution = jax.tree.map(lambda x: jnp.where(failed, FAILED_SOLVE, x), solution)
+        return solution, lx.RESULTS.successful, stats
 
 
 def ImplicitAdjoint(rtol: float = 1e-10, atol: float = 1e-12, max_steps: int = 1000,

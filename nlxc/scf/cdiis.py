@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import optimistix as optx
-from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
+from jaxtyping import Array, Float, PyTree, Scalar
 
 from ._aufbau import density_from_fock, level_shifted
+from ._base import AbstractSCFSolver, SCFArguments, SCFProgress
 from ._energy import energy_and_fock
 from .diis import diis_coefficients
 
@@ -18,9 +18,7 @@ from .diis import diis_coefficients
 class _CDIISState(eqx.Module):
     focks: Float[Array, "history 2 nao nao"]
     errors: Float[Array, "history n"]
-    count: Int[Array, ""]
-    relative_error: Scalar
-    finite: Bool[Array, ""]
+    progress: SCFProgress
 
 
 def commutator_error(fock, density, system):
@@ -31,7 +29,7 @@ def commutator_error(fock, density, system):
     return jnp.einsum("mi,smn,nj->sij", x, fps - jnp.swapaxes(fps, -1, -2), x).reshape(-1)
 
 
-class CDIIS(optx.AbstractFixedPointSolver):
+class CDIIS(AbstractSCFSolver):
     """Pulay's commutator DIIS (CDIIS) for the Kohn–Sham fixed point P = D(F(P)).
 
     Each step builds F(Pₙ), stores it with its error eₙ = Xᵀ(F Pₙ S − S Pₙ F)X (S the overlap,
@@ -50,7 +48,8 @@ class CDIIS(optx.AbstractFixedPointSolver):
     the solve stops when `norm(D(F(P)) − P) < atol + rtol·|D(F(P))|` and returns D(F(P)).
 
     This solver is specific to `nlxc.scf.solve`: it reads the functional, the System, the level
-    shift and the smearing from the arguments `solve` gives the fixed-point map.
+    shift and the smearing from the [`SCFArguments`][nlxc.scf.SCFArguments] `solve` gives the
+    fixed-point map.
 
     **Arguments:** `rtol`, `atol`, `norm` (default `optimistix.max_norm`), `history_size`
     (default 8), `level_shift` ≥ 0 (Hartree, default 0).
@@ -61,26 +60,26 @@ class CDIIS(optx.AbstractFixedPointSolver):
     norm: Callable[[PyTree], Scalar] = optx.max_norm
     history_size: int = eqx.field(static=True, default=8)
     level_shift: float = 0.0
+    patience: int = eqx.field(static=True, default=12)
 
-    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+    def init(self, fn, y, args: SCFArguments, options, f_struct, aux_struct, tags):
         nao = y.shape[-1]
-        n = 2 * system_nmo(args) ** 2
+        n = 2 * args.system.nmo ** 2
         return _CDIISState(
             jnp.zeros((self.history_size, 2, nao, nao), y.dtype),
             jnp.zeros((self.history_size, n), y.dtype),
-            jnp.array(0),
-            jnp.array(jnp.inf, dtype=y.dtype),
-            jnp.array(True),
+            SCFProgress.start(y.dtype, options),
         )
 
-    def step(self, fn, y, args, options, state, tags):
-        functional, system, shift, smearing = args
-        components, fock = energy_and_fock(functional, system, y)
+    def step(self, fn, y, args: SCFArguments, options, state, tags):
+        system, shift, smearing = args.system, args.level_shift, args.smearing
+        components, fock = energy_and_fock(args.functional, system, y)
         error_vector = commutator_error(fock, y, system)
-        slot = state.count % self.history_size
+        count = state.progress.count
+        slot = count % self.history_size
         focks = state.focks.at[slot].set(fock)
         errors = state.errors.at[slot].set(error_vector)
-        n_valid = jnp.minimum(state.count + 1, self.history_size)
+        n_valid = jnp.minimum(count + 1, self.history_size)
         valid = jnp.arange(self.history_size) < n_valid
         coeffs = diis_coefficients(errors, valid)
         extrapolated = jnp.einsum("h,hsmn->smn", coeffs, focks)
@@ -90,24 +89,8 @@ class CDIIS(optx.AbstractFixedPointSolver):
         # the fixed-point residual of solve's map (for the convergence test and the last step)
         g = density_from_fock(level_shifted(fock, y, system, shift), system, smearing)
         r = g - y
-        with jax.numpy_dtype_promotion("standard"):
-            error = self.norm(r / (self.atol + self.rtol * jnp.abs(g)))
+        error = self.relative_error(r, g)
         new_y = density_from_fock(level_shifted(extrapolated, y, system, shift), system, smearing)
         new_y = jnp.where(error < 1, g, new_y)
-        finite = jnp.all(jnp.isfinite(r))
-        new_state = _CDIISState(focks, errors, state.count + 1, error, finite)
-        return new_y, new_state, components.total
-
-    def terminate(self, fn, y, args, options, state, tags):
-        failed = ~state.finite
-        converged = state.relative_error < 1
-        result = optx.RESULTS.where(failed, optx.RESULTS.nonfinite, optx.RESULTS.successful)
-        return converged | failed, result
-
-    def postprocess(self, fn, y, aux, args, options, state, tags, result):
-        return y, aux, {"relative_error": state.relative_error}
-
-
-def system_nmo(args) -> int:
-    """Number of orthogonalised orbitals of the System in solve's fixed-point arguments."""
-    return args[1].orthogonalizer.shape[-1]
+        progress = state.progress.advance(error, jnp.all(jnp.isfinite(r)))
+        return new_y, _CDIISState(focks, errors, progress), components.total

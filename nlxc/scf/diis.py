@@ -10,15 +10,15 @@ import jax
 import jax.numpy as jnp
 import optimistix as optx
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
+from jaxtyping import Array, Bool, Float, PyTree, Scalar
+
+from ._base import AbstractSCFSolver, SCFProgress
 
 
 class _DIISState(eqx.Module):
     outputs: Float[Array, "history n"]
     residuals: Float[Array, "history n"]
-    count: Int[Array, ""]
-    relative_error: Scalar
-    finite: Bool[Array, ""]
+    progress: SCFProgress
 
 
 def diis_coefficients(residuals: Float[Array, "history n"], valid: Bool[Array, " history"]) -> Float[Array, " history"]:
@@ -42,7 +42,7 @@ def diis_coefficients(residuals: Float[Array, "history n"], valid: Bool[Array, "
     return jnp.where(valid, coeffs, 0.0)
 
 
-class DIIS(optx.AbstractFixedPointSolver):
+class DIIS(AbstractSCFSolver):
     """Pulay's direct inversion in the iterative subspace for a fixed point y = g(y).
 
     Keeps the last `history_size` pairs (g(yᵢ), rᵢ = g(yᵢ) − yᵢ) and extrapolates
@@ -72,21 +72,23 @@ class DIIS(optx.AbstractFixedPointSolver):
     history_size: int = eqx.field(static=True, default=8)
     damping: float = 0.0
     level_shift: float = 0.0
+    patience: int = eqx.field(static=True, default=12)
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags):
         flat, _ = ravel_pytree(y)
         zeros = jnp.zeros((self.history_size, flat.size), flat.dtype)
-        return _DIISState(zeros, zeros, jnp.array(0), jnp.array(jnp.inf, dtype=flat.dtype), jnp.array(True))
+        return _DIISState(zeros, zeros, SCFProgress.start(flat.dtype, options))
 
     def step(self, fn, y, args, options, state, tags):
         g, aux = fn(y, args)
         flat_y, unravel = ravel_pytree(y)
         flat_g, _ = ravel_pytree(g)
         r = flat_g - flat_y
-        slot = state.count % self.history_size
+        count = state.progress.count
+        slot = count % self.history_size
         outputs = state.outputs.at[slot].set(flat_g)
         residuals = state.residuals.at[slot].set(r)
-        n_valid = jnp.minimum(state.count + 1, self.history_size)
+        n_valid = jnp.minimum(count + 1, self.history_size)
         valid = jnp.arange(self.history_size) < n_valid
 
         coeffs = diis_coefficients(residuals, valid)
@@ -95,21 +97,9 @@ class DIIS(optx.AbstractFixedPointSolver):
         ok = jnp.all(jnp.isfinite(extrapolated))
         new_flat = jnp.where(ok, extrapolated, fallback)
 
-        with jax.numpy_dtype_promotion("standard"):
-            scale_y = self.atol + self.rtol * jnp.abs(flat_g)
-            error = self.norm(unravel(r / scale_y))
-        finite = jnp.all(jnp.isfinite(r))
+        error = self.relative_error(unravel(r), unravel(flat_g))
         # On the converging step return g(y) itself rather than an extrapolation: for the SCF it
         # is an idempotent aufbau density matrix, whose energy is variational (quadratic error).
         new_flat = jnp.where(error < 1, flat_g, new_flat)
-        new_state = _DIISState(outputs, residuals, state.count + 1, error, finite)
-        return unravel(new_flat), new_state, aux
-
-    def terminate(self, fn, y, args, options, state, tags):
-        failed = ~state.finite
-        converged = state.relative_error < 1
-        result = optx.RESULTS.where(failed, optx.RESULTS.nonfinite, optx.RESULTS.successful)
-        return converged | failed, result
-
-    def postprocess(self, fn, y, aux, args, options, state, tags, result):
-        return y, aux, {"relative_error": state.relative_error}
+        progress = state.progress.advance(error, jnp.all(jnp.isfinite(r)))
+        return unravel(new_flat), _DIISState(outputs, residuals, progress), aux

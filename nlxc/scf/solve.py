@@ -8,11 +8,14 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int
 
+from .._errors import InputError
 from ..system import System
 from ..xc._base import AbstractFunctional
 
 from ._aufbau import FermiDirac, density_from_fock, level_shifted, occupations_of, orbitals
+from ._base import AbstractSCFSolver, SCFArguments, stop_gradient
 from ._energy import EnergyComponents, energy_and_fock
+from ._newton import OrbitalNewton
 from .adjoint import ImplicitAdjoint, UnrolledAdjoint
 from .cdiis import CDIIS
 
@@ -38,8 +41,11 @@ class SCFResult(eqx.Module):
     - `orbital_coefficients`: eigenvectors of F(P*), `(2, nao, nmo)`.
     - `orbital_energies`: its eigenvalues, ascending, `(2, nmo)`, Hartree.
     - `occupations`: aufbau occupations, `(2, nmo)`.
-    - `n_iterations`: number of Fock builds in the fixed-point solve (integer scalar).
+    - `n_iterations`: number of SCF iterations, over all strategies (integer scalar; a Newton
+      step of the fallback counts as one iteration although it costs several Fock builds).
     - `converged`: whether the solve met its tolerance with finite numbers (boolean scalar).
+    - `strategy`: which solver brought the SCF to convergence: 0 the `solver`, 1 the
+      `fallback` (integer scalar).
     - `result`: optimistix's `RESULTS` code; `optimistix.RESULTS[result]` reads it.
     - `history`: an [`SCFHistory`][nlxc.scf.SCFHistory] for unrolled solves, else `None`.
 
@@ -56,15 +62,20 @@ class SCFResult(eqx.Module):
     n_iterations: Int[Array, ""]
     converged: Bool[Array, ""]
     result: optx.RESULTS
+    strategy: Int[Array, ""]
     history: SCFHistory | None = None
 
 
-def _scf_map(density, args):
+def _scf_map(density, args: SCFArguments):
     """One Kohn–Sham step P ↦ D(F(P)), with the energy of P as auxiliary output."""
-    functional, system, shift, smearing = args
-    components, fock = energy_and_fock(functional, system, density)
-    fock = level_shifted(fock, density, system, shift)
-    return density_from_fock(fock, system, smearing), components.total
+    components, fock = energy_and_fock(args.functional, args.system, density)
+    fock = level_shifted(fock, density, args.system, args.level_shift)
+    return density_from_fock(fock, args.system, args.smearing), components.total
+
+
+def _arguments(functional, system, solver, smearing, dtype) -> SCFArguments:
+    shift = solver.level_shift if isinstance(solver, AbstractSCFSolver) else 0.0
+    return SCFArguments(functional, system, jnp.asarray(shift, dtype=dtype), smearing)
 
 
 def _unrolled(solver, p0, args, steps, adjoint):
@@ -84,12 +95,44 @@ def _unrolled(solver, p0, args, steps, adjoint):
     return p, result, jnp.asarray(steps), SCFHistory(energies, densities)
 
 
-@eqx.filter_jit
+# which solver finished the SCF (SCFResult.strategy)
+PRIMARY, FALLBACK = 0, 1
+
+
+def _with_fallback(solver, fallback, p0, args, max_steps, adjoint):
+    """The primary solver until it converges or stagnates, then the fallback; last, the primary
+    solver again on the real arguments, with the adjoint: the implicit adjoint differentiates the
+    fixed point itself, however it was found. The first two phases run on stop-gradient copies
+    of the inputs: they only find the point. A phase whose start has already converged takes no
+    step (so the common case costs nothing extra, and under `jax.vmap` the fallback's loop runs
+    only while some member of the batch needs it)."""
+    frozen = stop_gradient(args)
+    first = optx.fixed_point(
+        _scf_map, solver, stop_gradient(p0), args=frozen, has_aux=True, max_steps=max_steps - 2,
+        options={"patience": solver.patience}, throw=False,
+    )
+    n_first = first.stats["num_steps"]
+    done = first.result == optx.RESULTS.successful
+    second = optx.fixed_point(
+        _scf_map, fallback, first.value, args=frozen, has_aux=True, max_steps=max_steps - 2,
+        options={"budget": max_steps - 1 - n_first, "converged": done}, throw=False,
+    )
+    n_second = second.stats["num_steps"]
+    done = done | (second.result == optx.RESULTS.successful)
+    last = optx.fixed_point(
+        _scf_map, solver, second.value, args=args, has_aux=True, max_steps=max_steps,
+        options={"budget": max_steps - n_first - n_second, "converged": done}, adjoint=adjoint, throw=False,
+    )
+    strategy = jnp.where(n_second > 0, FALLBACK, PRIMARY)
+    return last.value, last.result, n_first + n_second + last.stats["num_steps"], strategy
+
+
 def solve(
     functional: AbstractFunctional,
     system: System,
     solver: optx.AbstractFixedPointSolver | optx.AbstractRootFinder = CDIIS(),
     *,
+    fallback: AbstractSCFSolver | None = OrbitalNewton(),
     initial_density_matrix: Float[Array, "2 nao nao"] | None = None,
     max_steps: int = 128,
     adjoint: optx.AbstractAdjoint | UnrolledAdjoint = ImplicitAdjoint(),
@@ -109,11 +152,18 @@ def solve(
 
     - `functional`: any [`nlxc.xc.AbstractFunctional`][].
     - `system`: the [`nlxc.System`][].
-    - `solver`: an optimistix fixed-point solver or root finder. If it has a `level_shift`
-      attribute (as `CDIIS` and `DIIS` do), the virtual orbitals are shifted by that much (Hartree)
-      while iterating.
+    - `solver`: an optimistix fixed-point solver or root finder. An
+      [`nlxc.scf.AbstractSCFSolver`][] (`CDIIS`, `DIIS`, `OrbitalNewton`) declares a
+      `level_shift`: the virtual orbitals are shifted by that much (Hartree) while iterating.
+    - `fallback`: the solver that takes over when `solver` stagnates (no 10 % improvement of
+      its convergence measure for `solver.patience` steps); default
+      [`nlxc.scf.OrbitalNewton`][] (trust-region Newton steps on the orbital rotations).
+      `None` runs `solver` alone. Used with an `AbstractSCFSolver` as `solver`, aufbau
+      occupations, an optimistix adjoint and `max_steps ≥ 3`; `SCFResult.strategy` says which
+      solver finished. When `solver` converges by itself the fallback costs nothing.
     - `initial_density_matrix`: `(2, nao, nao)`; default `system.initial_density_matrix`.
-    - `max_steps`: the most Fock builds allowed (exactly this many with `UnrolledAdjoint`).
+    - `max_steps`: the most SCF iterations allowed, over all strategies (exactly this many
+      with `UnrolledAdjoint`).
     - `adjoint`: how to differentiate through the solve: [`nlxc.scf.ImplicitAdjoint`][]
       (default; implicit function theorem with a matrix-free BiCGStab adjoint solve), [`nlxc.scf.UnrolledAdjoint`][]
       (backpropagation through the iterations, checkpointed, with the iterate history), or any
@@ -124,13 +174,59 @@ def solve(
       `equinox.error_if`); if `False` (default) it is reported in `SCFResult.converged`.
 
     **Returns:** an [`SCFResult`][nlxc.scf.SCFResult].
+
+    **Raises:** [`nlxc.InputError`][] (before anything is computed) for a `functional` that is
+    not an `AbstractFunctional` instance (a name or a class), a `system` that is not a `System`
+    or not in float64, an `initial_density_matrix` of the wrong shape or dtype, a `max_steps`
+    below 1, or a fallback that is not an `AbstractSCFSolver`.
     """
+    _check_arguments(functional, system, solver, fallback, initial_density_matrix, max_steps)
+    return _solve(functional, system, solver, fallback, initial_density_matrix, max_steps, adjoint, smearing,
+                  throw)
+
+
+def _check_arguments(functional, system, solver, fallback, initial_density_matrix, max_steps):
+    if isinstance(functional, type):
+        raise InputError(f"solve needs a functional instance, got the class {functional.__name__}; "
+                         f"call it: {functional.__name__}()")
+    if isinstance(functional, str):
+        raise InputError(f"solve needs a functional, got the string {functional!r}; "
+                         f"use nlxc.get_functional({functional!r})")
+    if not isinstance(functional, AbstractFunctional):
+        raise InputError(f"solve needs an nlxc.xc.AbstractFunctional, got {type(functional).__name__}")
+    if not isinstance(system, System):
+        raise InputError(f"solve needs an nlxc.System, got {type(system).__name__}; "
+                         "build one with nlxc.System.from_pyscf(mol)")
+    if system.overlap.dtype != jnp.float64:
+        raise InputError(f"the System is in {system.overlap.dtype}, but nlxc computes in float64: "
+                         "import nlxc before building arrays (it enables jax_enable_x64)")
+    if initial_density_matrix is not None:
+        shape = (2, system.nao, system.nao)
+        if tuple(jnp.shape(initial_density_matrix)) != shape:
+            raise InputError(f"initial_density_matrix must have shape (2, nao, nao) = {shape} (alpha and "
+                             f"beta), got {tuple(jnp.shape(initial_density_matrix))}")
+        if jnp.result_type(initial_density_matrix) != jnp.float64:
+            raise InputError(f"initial_density_matrix must be float64, got {jnp.result_type(initial_density_matrix)}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise InputError(f"max_steps must be a positive integer, got {max_steps!r}")
+    if fallback is not None and not isinstance(fallback, AbstractSCFSolver):
+        raise InputError(f"fallback must be an nlxc.scf.AbstractSCFSolver or None, got {type(fallback).__name__}")
+    if not isinstance(solver, (optx.AbstractFixedPointSolver, optx.AbstractRootFinder)):
+        raise InputError(f"solver must be an optimistix fixed-point solver or root finder, got {type(solver).__name__}")
+
+
+@eqx.filter_jit
+def _solve(functional, system, solver, fallback, initial_density_matrix, max_steps, adjoint, smearing, throw):
     p0 = system.initial_density_matrix if initial_density_matrix is None else initial_density_matrix
     functional = functional.prepare(system)  # geometry-only precomputation, once per solve
-    shift = jnp.asarray(getattr(solver, "level_shift", 0.0), dtype=p0.dtype)
-    args = (functional, system, shift, smearing)
+    args = _arguments(functional, system, solver, smearing, p0.dtype)
+    strategy = jnp.asarray(PRIMARY)
     if isinstance(adjoint, UnrolledAdjoint):
         p, result, n_iterations, history = _unrolled(solver, p0, args, max_steps, adjoint)
+    elif (fallback is not None and isinstance(solver, AbstractSCFSolver) and smearing is None
+          and max_steps >= 3):
+        p, result, n_iterations, strategy = _with_fallback(solver, fallback, p0, args, max_steps, adjoint)
+        history = None
     else:
         solution = optx.fixed_point(
             _scf_map, solver, p0, args=args, has_aux=True, max_steps=max_steps, adjoint=adjoint,
@@ -161,5 +257,6 @@ def solve(
         n_iterations=n_iterations,
         converged=converged,
         result=result,
+        strategy=strategy,
         history=history,
     )

@@ -1,0 +1,107 @@
+"""Does nlxc's default SCF converge on G2-1, and to PySCF's energies?
+
+For every molecule of the G2-1 set (55 molecules and their 12 atoms, radicals included) and
+every functional asked for: nlxc's `solve(functional, system)` with every default (CDIIS with
+the Newton fallback, minao guess, default tolerance, no level shift) beside PySCF's
+density-fitted RKS/UKS on the same work (same basis, grid level, auxiliary basis from
+`pyscf.df.make_auxbasis`, minao guess; `conv_tol` 1e-10, 200 cycles). Reports per case whether
+each converged, nlxc's iterations and strategy (0 CDIIS, 1 Newton fallback) and the energy
+difference; the acceptance is |ΔE| ≤ 1e-6 Ha wherever PySCF converges.
+
+    python benchmarks/g2_convergence.py [--xc lda pbe b3lyp r2scan] [--basis def2-svp]
+        [--grid-level 3] [--molecules OH NO ...] [--out benchmarks/results/g2_convergence.json]
+
+Prints a table and writes JSON (rewritten after every case, so a long run can be stopped and
+read). With `--checkpoint best.eqx` the functional is a trained nlxc checkpoint instead (its
+`--xc` is ignored), and only molecules made of `--elements` are run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--xc", nargs="+", default=["lda", "pbe", "b3lyp", "r2scan"])
+    parser.add_argument("--basis", default="def2-svp")
+    parser.add_argument("--grid-level", type=int, default=3)
+    parser.add_argument("--molecules", nargs="*", default=None)
+    parser.add_argument("--checkpoint", default=None, help="a trained nlxc checkpoint instead of --xc")
+    parser.add_argument("--elements", default="H,Li,C,N,O,F", help="with --checkpoint: molecules of these only")
+    parser.add_argument("--no-pyscf", action="store_true", help="nlxc only (e.g. for a trained functional)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "g2_convergence.json"))
+    args = parser.parse_args()
+
+    from pyscf import df, dft
+
+    import nlxc
+
+    g2 = nlxc.data.g2("g2_1")
+    names = list(args.molecules or g2.molecule_names)
+    if args.checkpoint is not None:
+        from nlxc.train import load_checkpoint
+
+        functional, _ = load_checkpoint(args.checkpoint)
+        allowed = set(args.elements.split(","))
+        names = [n for n in names if set(g2.molecule(n).symbols) <= allowed]
+        functionals = {os.path.basename(args.checkpoint): functional}
+    else:
+        functionals = {xc: nlxc.get_functional(xc) for xc in args.xc}
+
+    rows = []
+    header = f"{'molecule':12s} {'xc':10s} {'nlxc':>5s} {'iter':>4s} {'strat':>5s} {'PySCF':>5s} {'cyc':>4s} {'dE/Ha':>10s} {'t/s':>6s}"
+    print(header)
+    for name in names:
+        molecule = g2.molecule(name)
+        mol = molecule.to_mole(args.basis)
+        system = nlxc.System.from_pyscf(mol, grid_level=args.grid_level)
+        for xc, functional in functionals.items():
+            t0 = time.perf_counter()
+            result = nlxc.solve(functional, system)
+            energy = float(result.energy)
+            elapsed = time.perf_counter() - t0
+            row = {"molecule": name, "xc": xc, "spin": molecule.spin, "converged": bool(result.converged),
+                   "n_iterations": int(result.n_iterations), "strategy": int(result.strategy),
+                   "energy": energy, "time_s": elapsed}
+            if not args.no_pyscf and args.checkpoint is None:
+                mf = (dft.RKS if mol.spin == 0 else dft.UKS)(mol, xc=xc)
+                mf.grids.level = args.grid_level
+                mf = mf.density_fit(auxbasis=df.make_auxbasis(mol))
+                mf.conv_tol, mf.max_cycle, mf.verbose = 1e-10, 200, 0
+                cycles = []
+                mf.callback = lambda env: cycles.append(env["cycle"])
+                reference = float(mf.kernel())
+                row.update(pyscf_converged=bool(mf.converged), pyscf_energy=reference,
+                           pyscf_cycles=len(cycles), delta=energy - reference)
+            rows.append(row)
+            delta = row.get("delta")
+            print(f"{name:12s} {xc:10s} {str(row['converged']):>5s} {row['n_iterations']:4d} {row['strategy']:5d} "
+                  f"{str(row.get('pyscf_converged', '-')):>5s} {row.get('pyscf_cycles', 0):4d} "
+                  f"{(f'{delta:.1e}' if delta is not None else '-'):>10s} {elapsed:6.1f}", flush=True)
+            _write(args, rows)
+
+    done = [r for r in rows if r["converged"]]
+    compared = [r for r in rows if r.get("pyscf_converged")]
+    worst = max((abs(r["delta"]) for r in compared if r["converged"]), default=float("nan"))
+    print(f"\nnlxc converged {len(done)}/{len(rows)}; PySCF converged {len(compared)}/{len(rows)}; "
+          f"max |dE| where both converged {worst:.2e} Ha; "
+          f"fallback used in {sum(r['strategy'] == 1 for r in rows)}")
+    failed = [f"{r['molecule']}/{r['xc']}" for r in rows if not r["converged"]]
+    if failed:
+        print("not converged:", ", ".join(failed))
+
+
+def _write(args, rows):
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump({"basis": args.basis, "grid_level": args.grid_level, "machine": platform.processor() or platform.machine(),
+                   "nproc": os.cpu_count(), "rows": rows}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

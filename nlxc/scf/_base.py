@@ -1,0 +1,123 @@
+"""What every SCF solver declares and shares: its arguments, its progress, its termination."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optimistix as optx
+from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
+
+from ..system import System
+from ..xc._base import AbstractFunctional
+from ._aufbau import FermiDirac
+
+
+class SCFArguments(eqx.Module):
+    """What [`nlxc.scf.solve`][] hands its fixed-point map and solver.
+
+    - `functional`: the (prepared) exchange–correlation functional.
+    - `system`: the [`nlxc.System`][].
+    - `level_shift`: the virtual-orbital shift used while iterating, Hartree (scalar).
+    - `smearing`: `None` (aufbau) or [`nlxc.scf.FermiDirac`][].
+    """
+
+    functional: AbstractFunctional
+    system: System
+    level_shift: Float[Array, ""]
+    smearing: FermiDirac | None
+
+
+class SCFProgress(eqx.Module):
+    """The part of every SCF solver's state that termination reads.
+
+    - `count`: steps taken.
+    - `relative_error`: the last convergence measure (< 1 means converged).
+    - `best_error`, `best_count`: the smallest `relative_error` so far and the step it was seen at.
+    - `finite`: whether the last residual was finite.
+    """
+
+    count: Int[Array, ""]
+    relative_error: Scalar
+    best_error: Scalar
+    best_count: Int[Array, ""]
+    finite: Bool[Array, ""]
+
+    @classmethod
+    def start(cls, dtype, options: dict[str, Any] | None = None) -> SCFProgress:
+        """The progress before the first step. With `options["converged"]` true (a scalar
+        boolean: [`nlxc.scf.solve`][] passes it when an earlier strategy has converged to the
+        starting point) the solve terminates before its first step and returns the start."""
+        inf = jnp.array(jnp.inf, dtype=dtype)
+        error = inf
+        if options is not None and "converged" in options:
+            error = jnp.where(options["converged"], jnp.zeros((), dtype), inf)
+        return cls(jnp.array(0), error, inf, jnp.array(0), jnp.array(True))
+
+    def advance(self, error: Scalar, finite: Bool[Array, ""]) -> SCFProgress:
+        """The progress after a step whose convergence measure is `error`."""
+        # "better" means a factor 0.9 below the best so far, so that noise does not count
+        better = error < 0.9 * self.best_error
+        return SCFProgress(
+            self.count + 1,
+            error,
+            jnp.where(better, error, self.best_error),
+            jnp.where(better, self.count + 1, self.best_count),
+            finite,
+        )
+
+
+class AbstractSCFSolver(optx.AbstractFixedPointSolver):
+    """An optimistix fixed-point solver for the Kohn–Sham fixed point P = D(F(P)).
+
+    Subclasses declare `rtol`, `atol`, `norm` (the convergence test `norm(D(F(P)) − P) <
+    atol + rtol·|D(F(P))|`) and `level_shift` (Hartree; the virtual orbitals are raised by
+    this much while iterating, which leaves the fixed point unchanged), keep an
+    [`SCFProgress`][nlxc.scf.SCFProgress] in their state's `progress` field, and receive
+    [`SCFArguments`][nlxc.scf.SCFArguments] as `args`, and declare `patience` (static: the steps
+    without a 10 % improvement after which [`nlxc.scf.solve`][] hands over to its fallback).
+
+    Termination is shared: converged, a non-finite residual (result `nonfinite`), or, when
+    [`nlxc.scf.solve`][] passes them in `options`, an iteration `budget` spent (result
+    `nonlinear_max_steps_reached`) or no progress for `patience` steps (result
+    `nonlinear_divergence`: stagnation, which hands over to the fallback solver).
+    """
+
+    rtol: eqx.AbstractVar[float]
+    atol: eqx.AbstractVar[float]
+    norm: eqx.AbstractVar[Callable[[PyTree], Scalar]]
+    level_shift: eqx.AbstractVar[float]
+    patience: eqx.AbstractVar[int]
+
+    def relative_error(self, residual, value) -> Scalar:
+        """`norm(residual / (atol + rtol·|value|))`: below 1 means converged."""
+        with jax.numpy_dtype_promotion("standard"):
+            return self.norm(residual / (self.atol + self.rtol * jnp.abs(value)))
+
+    def terminate(self, fn, y, args, options, state, tags):
+        progress: SCFProgress = state.progress
+        options = {} if options is None else options
+        failed = ~progress.finite
+        converged = progress.relative_error < 1
+        result = optx.RESULTS.where(failed, optx.RESULTS.nonfinite, optx.RESULTS.successful)
+        done = converged | failed
+        if "budget" in options:
+            spent = (progress.count >= options["budget"]) & ~done
+            result = optx.RESULTS.where(spent, optx.RESULTS.nonlinear_max_steps_reached, result)
+            done = done | spent
+        if "patience" in options:
+            stagnated = (progress.count - progress.best_count >= options["patience"]) & ~done
+            result = optx.RESULTS.where(stagnated, optx.RESULTS.nonlinear_divergence, result)
+            done = done | stagnated
+        return done, result
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        return y, aux, {"relative_error": state.progress.relative_error}
+
+
+def stop_gradient(tree: Any) -> Any:
+    """`jax.lax.stop_gradient` on every inexact array of a pytree (other leaves untouched)."""
+    return jax.tree.map(lambda x: jax.lax.stop_gradient(x) if eqx.is_inexact_array(x) else x, tree)

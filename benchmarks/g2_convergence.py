@@ -6,10 +6,14 @@ the Newton fallback, minao guess, default tolerance, no level shift) beside PySC
 density-fitted RKS/UKS on the same work (same basis, grid level, auxiliary basis from
 `pyscf.df.make_auxbasis`, minao guess; `conv_tol` 1e-10, 200 cycles). Reports per case whether
 each converged, nlxc's iterations and strategy (0 CDIIS, 1 Newton fallback) and the energy
-difference; the acceptance is |ΔE| ≤ 1e-6 Ha wherever PySCF converges.
+difference; the acceptance is |ΔE| ≤ 1e-6 Ha wherever PySCF converges. Where the two end in
+different states (|ΔE| > 1e-6 Ha), it also reports whether PySCF's own solution passes PySCF's
+internal stability analysis and what PySCF converges to when started from nlxc's density matrix.
 
     python benchmarks/g2_convergence.py [--xc lda pbe b3lyp r2scan] [--basis def2-svp]
         [--grid-level 3] [--molecules OH NO ...] [--out benchmarks/results/g2_convergence.json]
+        [--no-pyscf] [--no-fallback] [--checkpoint best.eqx --elements H,Li,C,N,O,F]
+    python benchmarks/g2_convergence.py --summarize part1.json part2.json ...
 
 Prints a table and writes JSON (rewritten after every case, so a long run can be stopped and
 read). With `--checkpoint best.eqx` the functional is a trained nlxc checkpoint instead (its
@@ -34,9 +38,19 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="a trained nlxc checkpoint instead of --xc")
     parser.add_argument("--elements", default="H,Li,C,N,O,F", help="with --checkpoint: molecules of these only")
     parser.add_argument("--no-pyscf", action="store_true", help="nlxc only (e.g. for a trained functional)")
+    parser.add_argument("--no-fallback", action="store_true", help="nlxc's CDIIS alone (fallback=None)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "g2_convergence.json"))
+    parser.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
+                        help="print the summary of earlier runs' JSON files (e.g. a run split in parts) and exit")
     args = parser.parse_args()
+    if args.summarize:
+        # a case run again in a later file replaces the earlier row
+        latest = {(row["molecule"], row["xc"]): row for path in args.summarize for row in json.load(open(path))["rows"]}
+        rows = list(latest.values())
+        _summarize(rows)
+        return
 
+    import jax
     from pyscf import df, dft
 
     import nlxc
@@ -57,12 +71,16 @@ def main() -> None:
     header = f"{'molecule':12s} {'xc':10s} {'nlxc':>5s} {'iter':>4s} {'strat':>5s} {'PySCF':>5s} {'cyc':>4s} {'dE/Ha':>10s} {'t/s':>6s}"
     print(header)
     for name in names:
+        # every molecule compiles its own programs; XLA's CPU executables hold ~1300 memory maps
+        # each, and a process that keeps them all reaches the kernel's limit (vm.max_map_count,
+        # 65530) after ~50 solves and aborts ("LLVM ERROR: Unable to allocate section memory")
+        jax.clear_caches()
         molecule = g2.molecule(name)
         mol = molecule.to_mole(args.basis)
         system = nlxc.System.from_pyscf(mol, grid_level=args.grid_level)
         for xc, functional in functionals.items():
             t0 = time.perf_counter()
-            result = nlxc.solve(functional, system)
+            result = nlxc.solve(functional, system, **({"fallback": None} if args.no_fallback else {}))
             energy = float(result.energy)
             elapsed = time.perf_counter() - t0
             row = {"molecule": name, "xc": xc, "spin": molecule.spin, "converged": bool(result.converged),
@@ -78,6 +96,8 @@ def main() -> None:
                 reference = float(mf.kernel())
                 row.update(pyscf_converged=bool(mf.converged), pyscf_energy=reference,
                            pyscf_cycles=len(cycles), delta=energy - reference)
+                if mf.converged and abs(row["delta"]) > 1e-6:
+                    row.update(_two_solutions(mf, result))
             rows.append(row)
             delta = row.get("delta")
             print(f"{name:12s} {xc:10s} {str(row['converged']):>5s} {row['n_iterations']:4d} {row['strategy']:5d} "
@@ -85,15 +105,50 @@ def main() -> None:
                   f"{(f'{delta:.1e}' if delta is not None else '-'):>10s} {elapsed:6.1f}", flush=True)
             _write(args, rows)
 
+    _summarize(rows)
+
+
+def _summarize(rows):
+    """The totals, the cases where the two SCFs ended in different states, the failures."""
     done = [r for r in rows if r["converged"]]
     compared = [r for r in rows if r.get("pyscf_converged")]
     worst = max((abs(r["delta"]) for r in compared if r["converged"]), default=float("nan"))
     print(f"\nnlxc converged {len(done)}/{len(rows)}; PySCF converged {len(compared)}/{len(rows)}; "
           f"max |dE| where both converged {worst:.2e} Ha; "
           f"fallback used in {sum(r['strategy'] == 1 for r in rows)}")
+    both = [r for r in compared if r["converged"]]
+    agree = [r for r in both if abs(r["delta"]) <= 1e-6]
+    other = [r for r in both if "pyscf_stable" in r]
+    explained = [r for r in other if not r["pyscf_stable"] and r["delta"] < 0
+                 and abs(r["pyscf_from_nlxc_energy"] - r["energy"]) <= 1e-6]
+    print(f"|dE| <= 1e-6 Ha in {len(agree)}/{len(both)} where both converged; different states in {len(other)}, "
+          f"of which {len(explained)} where nlxc's is lower, PySCF's own solution is unstable and PySCF "
+          "started from nlxc's density stays at nlxc's energy")
+    for r in rows:
+        if "pyscf_stable" in r:
+            print(f"{r['molecule']}/{r['xc']}: dE {r['delta']:.2e} Ha; PySCF's solution "
+                  f"{'stable' if r['pyscf_stable'] else 'UNSTABLE (a saddle point)'}; PySCF from nlxc's density "
+                  f"{'stays at' if abs(r['pyscf_from_nlxc_energy'] - r['energy']) <= 1e-6 else 'moves from'} "
+                  f"nlxc's energy (dE {r['energy'] - r['pyscf_from_nlxc_energy']:.1e})")
     failed = [f"{r['molecule']}/{r['xc']}" for r in rows if not r["converged"]]
     if failed:
         print("not converged:", ", ".join(failed))
+
+
+def _two_solutions(mf, result):
+    """When the two SCFs end in different states: is each a stationary point for PySCF, and is
+    PySCF's own solution stable? PySCF restarted from nlxc's density matrix (same functional,
+    grid and auxiliary basis); PySCF's internal stability analysis of its own solution (a
+    saddle point of the energy has an unstable direction)."""
+    import numpy as np
+
+    p = np.asarray(result.density_matrix)
+    mo_internal, _, stable, _ = mf.stability(return_status=True)
+    restarted = mf.copy()
+    restarted.callback = None
+    e_restart = float(restarted.kernel(dm0=(p[0] + p[1]) if mf.istype("RKS") else p))
+    return {"pyscf_stable": bool(stable), "pyscf_from_nlxc_energy": e_restart,
+            "pyscf_from_nlxc_converged": bool(restarted.converged)}
 
 
 def _write(args, rows):

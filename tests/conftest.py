@@ -79,3 +79,15 @@ def get_mole():
 @pytest.fixture(scope="session")
 def get_system():
     return system
+
+
+# water (Å), as an XYZ file: the geometry of the CLI and input-error tests
+WATER = "3\nwater\nO 0 0 0.1173\nH 0 0.7572 -0.4692\nH 0 -0.7572 -0.4692\n"
+
+
+@pytest.fixture
+def water(tmp_path):
+    """The path of an XYZ file holding `WATER`."""
+    path = tmp_path / "water.xyz"
+    path.write_text(WATER)
+    return str(path)

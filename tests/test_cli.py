@@ -6,18 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import WATER
 from pyscf import dft
 
 from nlxc.cli import main
-
-WATER = "3\nwater\nO 0 0 0.1173\nH 0 0.7572 -0.4692\nH 0 -0.7572 -0.4692\n"
-
-
-@pytest.fixture
-def water(tmp_path):
-    path = tmp_path / "water.xyz"
-    path.write_text(WATER)
-    return str(path)
 
 
 def test_json_output_matches_pyscf(water, capsys):

@@ -66,14 +66,16 @@ def sys_for(name):
     return atom_n() if name == "n_atom" else system(name)
 
 
-def quantities(params, static, sys, adjoint=None, steps=200, field=0.0):
+def quantities(params, static, sys, adjoint=None, steps=200, field=0.0, solver=SOLVER, fallback=None):
     """(E, ∫(ρ−ρ_ref)², μx, μy, μz, ε_HOMO) of the converged SCF, and its converged flag.
 
     `field` is a uniform electric field F_z (atomic units) added to the core Hamiltonian."""
     functional = eqx.combine(params, static)
     kwargs = {} if adjoint is None else {"adjoint": adjoint}
+    if fallback is not None:
+        kwargs["fallback"] = fallback
     sys = eqx.tree_at(lambda s: s.core_hamiltonian, sys, sys.core_hamiltonian + field * sys.dipole_integrals[2])
-    r = solve(functional, sys, SOLVER, max_steps=steps, **kwargs)
+    r = solve(functional, sys, solver, max_steps=steps, **kwargs)
     rho = nlxc.density_on_grid(r.density_matrix, sys)
     rho_ref = nlxc.density_on_grid(sys.initial_density_matrix, sys)
     density_loss = jnp.sum(sys.grid_weights * (rho - rho_ref) ** 2)
@@ -82,8 +84,8 @@ def quantities(params, static, sys, adjoint=None, steps=200, field=0.0):
     return jnp.concatenate([jnp.stack([r.energy, density_loss]), mu, homo[None]]), r.converged
 
 
-def finite_difference(params, static, sys, direction):
-    f = eqx.filter_jit(lambda p: quantities(p, static, sys))
+def finite_difference(params, static, sys, direction, **kwargs):
+    f = eqx.filter_jit(lambda p: quantities(p, static, sys, **kwargs))
     values = []
     for k in (-2, -1, 1, 2):
         shifted = jax.tree.map(lambda p, v: p + k * STEP * v, params, direction)
@@ -137,6 +139,26 @@ def test_reverse_mode_matches_finite_differences(case):
                    for j, v in zip(jax.tree.leaves(jac), jax.tree.leaves(direction)))
     assert np.all(np.isfinite(analytic))
     numeric = finite_difference(params, static, sys, direction)
+    np.testing.assert_allclose(analytic, numeric, **TOL)
+
+
+def test_gradient_through_the_newton_fallback_matches_finite_differences():
+    """The fallback phase carries the implicit adjoint: a solve that CDIIS hands over to
+    OrbitalNewton (a heavily damped DIIS with patience 1 stagnates at once) differentiates like
+    any other, reverse mode against the finite differences of the same solves."""
+    from nlxc.scf import OrbitalNewton
+
+    sys = system("h2o")
+    params, static = eqx.partition(nlxc.get_functional("pbe"), eqx.is_inexact_array)
+    kwargs = dict(solver=DIIS(atol=1e-11, damping=0.95, patience=1), fallback=OrbitalNewton(atol=1e-11))
+    r = solve(eqx.combine(params, static), sys, kwargs["solver"], fallback=kwargs["fallback"], max_steps=200)
+    assert bool(r.converged) and int(r.strategy) == 1
+    jac, converged = eqx.filter_jit(jax.jacrev(lambda p: quantities(p, static, sys, **kwargs), has_aux=True))(params)
+    assert bool(converged)
+    direction = random_direction(params)
+    analytic = sum(np.tensordot(np.asarray(j), np.asarray(v), axes=np.ndim(v))
+                   for j, v in zip(jax.tree.leaves(jac), jax.tree.leaves(direction)))
+    numeric = finite_difference(params, static, sys, direction, **kwargs)
     np.testing.assert_allclose(analytic, numeric, **TOL)
 
 

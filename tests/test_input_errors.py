@@ -15,6 +15,7 @@ import warnings
 import equinox as eqx
 import numpy as np
 import pytest
+from conftest import WATER
 from pyscf import gto
 from pyscf.gto import basis
 from pyscf.lib.exceptions import BasisNotFoundError
@@ -25,16 +26,8 @@ from nlxc.cli import main
 from nlxc.data import DatasetError, ReferenceDataset
 from nlxc.system import build_mole, check_basis, quiet_basis_lookup, read_xyz
 
-WATER = "3\nwater\nO 0 0 0.1173\nH 0 0.7572 -0.4692\nH 0 -0.7572 -0.4692\n"
 H2 = "2\nH2\nH 0 0 0\nH 0 0 0.74\n"
 BSE_HINT = "basis-set-exchange"
-
-
-@pytest.fixture
-def water(tmp_path):
-    path = tmp_path / "water.xyz"
-    path.write_text(WATER)
-    return str(path)
 
 
 def _one_line_error(capsys, code, *fragments):

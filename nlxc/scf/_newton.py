@@ -167,10 +167,6 @@ class OrbitalNewton(AbstractSCFSolver):
         restricted = system.restricted
         zero = jnp.zeros_like(frame.rotation)
 
-        def energy_of(k, exact=False):
-            p = _density(_generator(k, frame, restricted), frame, system, exact=exact)
-            return energy_components(functional, system, p).total
-
         # gradient from the Fock matrix (one vector–Jacobian product of the density map)
         _, pullback = jax.vjp(lambda k: _density(_generator(k, frame, restricted), frame, system, exact=False), zero)
         (grad,) = pullback(fock)
@@ -207,7 +203,8 @@ class OrbitalNewton(AbstractSCFSolver):
             lambda v: hvp(v / root) / root, grad / root, state.trust_radius, self.cg_steps, self.cg_rtol,
         )
         kappa = jnp.where(frame.mask, step / root, 0.0)
-        energy1 = energy_of(kappa, exact=True)
+        candidate = _density(_generator(kappa, frame, restricted), frame, system, exact=True)
+        energy1 = energy_components(functional, system, candidate).total
         actual = energy1 - energy0
         accepted = jnp.isfinite(energy1) & (actual <= 1e-12)
         ratio = actual / jnp.where(predicted < 0, predicted, -1e-300)
@@ -216,7 +213,6 @@ class OrbitalNewton(AbstractSCFSolver):
         trust = jnp.where(~accepted | (ratio < 0.25), 0.25 * jnp.minimum(state.trust_radius, length),
                           jnp.where((ratio > 0.75) & at_boundary, 2.0 * state.trust_radius, state.trust_radius))
         trust = jnp.clip(jnp.where(jnp.isfinite(trust), trust, 1e-6), 1e-6, self.max_trust_radius)
-        candidate = _density(_generator(kappa, frame, restricted), frame, system, exact=True)
         new_y = jnp.where(accepted, candidate, y)
         new_y = jnp.where(error < 1, g_density, new_y)
         progress = state.progress.advance(error, jnp.all(jnp.isfinite(r)))

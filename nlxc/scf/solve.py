@@ -100,31 +100,25 @@ PRIMARY, FALLBACK = 0, 1
 
 
 def _with_fallback(solver, fallback, p0, args, max_steps, adjoint):
-    """The primary solver until it converges or stagnates, then the fallback; last, the primary
-    solver again on the real arguments, with the adjoint: the implicit adjoint differentiates the
-    fixed point itself, however it was found. The first two phases run on stop-gradient copies
-    of the inputs: they only find the point. A phase whose start has already converged takes no
-    step (so the common case costs nothing extra, and under `jax.vmap` the fallback's loop runs
+    """The primary solver until it converges or stagnates, then the fallback, which carries the
+    adjoint: the implicit adjoint differentiates the fixed point itself, however it was found,
+    so the primary phase runs on stop-gradient copies of the inputs (it only finds the point).
+    When the primary solver has converged, the fallback starts from a converged point and takes
+    no step (the common case costs nothing extra, and under `jax.vmap` the fallback's loop runs
     only while some member of the batch needs it)."""
-    frozen = stop_gradient(args)
     first = optx.fixed_point(
-        _scf_map, solver, stop_gradient(p0), args=frozen, has_aux=True, max_steps=max_steps - 2,
+        _scf_map, solver, stop_gradient(p0), args=stop_gradient(args), has_aux=True, max_steps=max_steps,
         options={"patience": solver.patience}, throw=False,
     )
     n_first = first.stats["num_steps"]
     done = first.result == optx.RESULTS.successful
     second = optx.fixed_point(
-        _scf_map, fallback, first.value, args=frozen, has_aux=True, max_steps=max_steps - 2,
-        options={"budget": max_steps - 1 - n_first, "converged": done}, throw=False,
+        _scf_map, fallback, stop_gradient(first.value), args=args, has_aux=True, max_steps=max_steps,
+        options={"budget": max_steps - n_first, "converged": done}, adjoint=adjoint, throw=False,
     )
     n_second = second.stats["num_steps"]
-    done = done | (second.result == optx.RESULTS.successful)
-    last = optx.fixed_point(
-        _scf_map, solver, second.value, args=args, has_aux=True, max_steps=max_steps,
-        options={"budget": max_steps - n_first - n_second, "converged": done}, adjoint=adjoint, throw=False,
-    )
     strategy = jnp.where(n_second > 0, FALLBACK, PRIMARY)
-    return last.value, last.result, n_first + n_second + last.stats["num_steps"], strategy
+    return second.value, second.result, n_first + n_second, strategy
 
 
 def solve(
@@ -159,8 +153,10 @@ def solve(
       its convergence measure for `solver.patience` steps); default
       [`nlxc.scf.OrbitalNewton`][] (trust-region Newton steps on the orbital rotations).
       `None` runs `solver` alone. Used with an `AbstractSCFSolver` as `solver`, aufbau
-      occupations, an optimistix adjoint and `max_steps ≥ 3`; `SCFResult.strategy` says which
-      solver finished. When `solver` converges by itself the fallback costs nothing.
+      occupations, an implicit adjoint (`optimistix.ImplicitAdjoint`, which differentiates the
+      fixed point however it was found; an adjoint that differentiates the iterations runs
+      `solver` alone); `SCFResult.strategy` says which solver finished.
+      When `solver` converges by itself the fallback takes no step.
     - `initial_density_matrix`: `(2, nao, nao)`; default `system.initial_density_matrix`.
     - `max_steps`: the most SCF iterations allowed, over all strategies (exactly this many
       with `UnrolledAdjoint`).
@@ -224,7 +220,7 @@ def _solve(functional, system, solver, fallback, initial_density_matrix, max_ste
     if isinstance(adjoint, UnrolledAdjoint):
         p, result, n_iterations, history = _unrolled(solver, p0, args, max_steps, adjoint)
     elif (fallback is not None and isinstance(solver, AbstractSCFSolver) and smearing is None
-          and max_steps >= 3):
+          and isinstance(adjoint, optx.ImplicitAdjoint)):
         p, result, n_iterations, strategy = _with_fallback(solver, fallback, p0, args, max_steps, adjoint)
         history = None
     else:

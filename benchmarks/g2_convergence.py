@@ -41,12 +41,16 @@ def main() -> None:
     parser.add_argument("--no-fallback", action="store_true", help="nlxc's CDIIS alone (fallback=None)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "g2_convergence.json"))
     parser.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
-                        help="print the summary of earlier runs' JSON files (e.g. a run split in parts) and exit")
+                        help="merge earlier runs' JSON files (a run split in parts; a later file's row replaces an "
+                             "earlier one of the same case) into --out, print their summary and exit")
     args = parser.parse_args()
     if args.summarize:
         # a case run again in a later file replaces the earlier row
         latest = {(row["molecule"], row["xc"]): row for path in args.summarize for row in json.load(open(path))["rows"]}
         rows = list(latest.values())
+        first = json.load(open(args.summarize[0]))
+        args.basis, args.grid_level = first["basis"], first["grid_level"]
+        _write(args, rows)  # the merged rows, to --out
         _summarize(rows)
         return
 

@@ -91,3 +91,30 @@ def water(tmp_path):
     path = tmp_path / "water.xyz"
     path.write_text(WATER)
     return str(path)
+
+
+def _memory_maps() -> int:
+    try:
+        with open("/proc/self/maps") as fh:
+            return sum(1 for _ in fh)
+    except OSError:  # not Linux
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """Keep a test process below the kernel's memory-map limit.
+
+    Every XLA CPU executable holds ~1,300 memory maps, and JAX's jit caches keep them all: a
+    worker that runs a few hundred tests reaches `vm.max_map_count` (65,530) and aborts inside
+    LLVM while compiling ("Fatal Python error: Aborted", the worker lost; seen on 2 cores).
+    Past 40,000 maps the in-memory caches are cleared after the test; later tests then load
+    their programs from the persistent compilation cache instead of keeping them resident."""
+    yield
+    if _memory_maps() > 40_000:
+        import gc
+
+        import jax
+
+        jax.clear_caches()
+        gc.collect()

@@ -10,16 +10,18 @@ Every case runs nlxc's default solver (`nlxc.solve(functional, system)`: CDIIS w
 Newton fallback, default tolerance, default minao guess, no level shift), with no
 per-molecule settings.
 
-NO has a half-filled degenerate π* pair (α) with a nearly free rotation of the
-broken-symmetry π* orbital about the bond axis. On a finite grid the energy varies along that
-rotation by up to ~1e-6 Ha, so two SCFs started from different guesses (or run by different
-algorithms) can settle at slightly different orientations, each self-consistent. For NO the
-tolerance is therefore 2e-6 Ha (looser than the 1e-7 of the other molecules, for this physical
-reason only). With SVWN the α gap is only 0.009 Ha and PySCF's SCF does not converge at all
-(from its own guess or from nlxc's solution); for that single pair the reference is PySCF's
-energy of nlxc's converged density matrix (`mf.energy_tot(dm)`, same functional, grid and
-auxiliary basis), and the test also checks that this density matrix is self-consistent
-(F P S − S P F ≈ 0).
+Degenerate open shells (NO's half-filled π* pair, the p shells of C and O, the OH π hole) have
+a nearly free rotation of the broken-symmetry orbital; on a finite grid the energy varies along
+it by up to ~1e-5 Ha, so two SCFs run by different algorithms (or on different CPUs, whose
+rounding differs) can settle at different orientations, each self-consistent. For those the
+test requires nlxc's state to be at least as low as PySCF's (to 1e-7 Ha) and, where it is
+lower, to be a PySCF solution too: PySCF's energy of nlxc's density matrix equals nlxc's
+energy (1e-7 Ha) and PySCF's Fock matrix commutes with it (F P S − S P F ≈ 0).
+
+NO with SVWN has no aufbau solution near the energy minimum: PySCF's second-order solver
+(`mf.newton()`) converges to a minimum whose lowest α virtual orbital lies below the highest
+occupied one, and PySCF's DIIS does not converge. There the test checks that nlxc says so
+(`converged=False`, stagnation, before `max_steps`) at that same minimum.
 
 To keep compile time down, molecules of similar size are padded to one shape per bucket (see
 `nlxc.pad_system`), so each functional compiles once per bucket; benzene runs unpadded, with
@@ -29,6 +31,7 @@ PBE, B3LYP and r2SCAN (the functionals the docs claim for it).
 import functools
 
 import numpy as np
+import optimistix as optx
 import pytest
 from conftest import GRID_LEVEL, mole, system
 from pyscf import df, dft, scf
@@ -36,8 +39,8 @@ from pyscf import df, dft, scf
 import nlxc
 from nlxc.scf import solve
 
-SOFT_ORIENTATION = {"no": 2e-6}  # tolerance, Ha; see the module docstring
-PYSCF_DOES_NOT_CONVERGE = {("no", "svwn")}
+DEGENERATE_OPEN_SHELLS = {"no", "OH", "C", "O"}  # see the module docstring
+NO_AUFBAU_SOLUTION = {("no", "svwn")}
 FUNCTIONALS = ["svwn", "pbe", "blyp", "b3lyp", "pbe0", "r2scan", "hf"]
 CLOSED = ["h2o", "nh3", "ch4", "n2", "c6h6"]
 OPEN = ["o2", "ch2", "no"]
@@ -64,12 +67,28 @@ def pyscf_energy(name, xc):
     mf = mf.density_fit(auxbasis=df.make_auxbasis(mol))
     mf.conv_tol = 1e-11
     mf.max_cycle = 200
-    if (name, xc) in PYSCF_DOES_NOT_CONVERGE:
+    if (name, xc) in NO_AUFBAU_SOLUTION:
         return mf
     energy = mf.kernel()
     assert mf.converged, f"PySCF did not converge for {name}/{xc}"
-    dm = np.asarray(mf.make_rdm1())
-    return energy, (np.stack([dm / 2, dm / 2]) if dm.ndim == 2 else dm)
+    return energy, mf
+
+
+def assert_matches_pyscf(name, result, reference, mf, nao):
+    """nlxc's energy equals PySCF's (1e-7 Ha), or, for a degenerate open shell, is at least as
+    low and nlxc's density matrix is a PySCF solution (see the module docstring)."""
+    energy = float(result.energy)
+    if name not in DEGENERATE_OPEN_SHELLS:
+        assert abs(energy - reference) <= 1e-7, (energy, reference)
+        return
+    assert energy <= reference + 1e-7, (energy, reference)
+    if energy < reference - 1e-7:
+        dm = np.asarray(result.density_matrix)[:, :nao, :nao]
+        assert abs(mf.energy_tot(dm=dm) - energy) <= 1e-7, (mf.energy_tot(dm=dm), energy)
+        f = mf.get_fock(dm=dm)
+        s_ao = mf.get_ovlp()
+        for k in range(2):
+            assert np.abs(f[k] @ dm[k] @ s_ao - s_ao @ dm[k] @ f[k]).max() < 1e-5
 
 
 
@@ -92,19 +111,24 @@ def _cases():
 def test_total_energy_matches_pyscf(name, xc):
     sys = bucketed_system(name)
     nao = system(name).nao
-    converges = (name, xc) not in PYSCF_DOES_NOT_CONVERGE
-    if converges:
-        reference, dm = pyscf_energy(name, xc)
     result = solve(nlxc.get_functional(xc), sys)
+    if (name, xc) in NO_AUFBAU_SOLUTION:
+        # PySCF's second-order solver finds the minimum, and it is not aufbau
+        newton = pyscf_energy(name, xc).newton()
+        newton.conv_tol, newton.max_cycle, newton.verbose = 1e-10, 200, 0
+        minimum = newton.kernel()
+        assert newton.converged
+        e_alpha, occ_alpha = newton.mo_energy[0], newton.mo_occ[0]
+        assert e_alpha[occ_alpha > 0].max() > e_alpha[occ_alpha == 0].min()
+        # nlxc reports no convergence, stops on stagnation before max_steps, at that minimum
+        assert not bool(result.converged)
+        assert result.result == optx.RESULTS.nonlinear_divergence
+        assert int(result.n_iterations) < 128
+        assert abs(float(result.energy) - minimum) <= 1e-6, (float(result.energy), minimum)
+        return
+    reference, mf = pyscf_energy(name, xc)
     assert bool(result.converged), f"{name}/{xc} did not converge"
-    if not converges:
-        mf = pyscf_energy(name, xc)
-        dm = np.asarray(result.density_matrix)[:, :nao, :nao]
-        reference = mf.energy_tot(dm=dm)
-        f = np.asarray(result.fock_matrix)[:, :nao, :nao]
-        s_ao = np.asarray(system(name).overlap)
-        assert max(np.abs(f[k] @ dm[k] @ s_ao - s_ao @ dm[k] @ f[k]).max() for k in range(2)) < 1e-4
-    assert abs(float(result.energy) - reference) <= SOFT_ORIENTATION.get(name, 1e-7), (float(result.energy), reference)
+    assert_matches_pyscf(name, result, reference, mf, nao)
     # the components add up, and the density matrix has the right electron counts
     c = result.components
     assert float(c.total) == pytest.approx(float(result.energy), abs=1e-12)
@@ -136,6 +160,4 @@ def test_g2_radicals_and_atoms_converge_by_default_to_pyscf(name, xc):
     mf.conv_tol, mf.max_cycle, mf.verbose = 1e-10, 200, 0
     reference = mf.kernel()
     assert mf.converged
-    # 1e-6 Ha: degenerate open shells (the OH π hole, the C and O p shells) may settle at a
-    # different orientation on the finite grid, each self-consistent (see the module docstring)
-    assert abs(float(result.energy) - reference) <= 1e-6, (float(result.energy), reference)
+    assert_matches_pyscf(name, result, reference, mf, mol.nao)

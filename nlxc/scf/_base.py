@@ -57,14 +57,17 @@ class SCFProgress(eqx.Module):
             error = jnp.where(options["converged"], jnp.zeros((), dtype), inf)
         return cls(jnp.array(0), error, inf, jnp.array(0), jnp.array(True))
 
-    def advance(self, error: Scalar, finite: Bool[Array, ""]) -> SCFProgress:
-        """The progress after a step whose convergence measure is `error`."""
+    def advance(self, error: Scalar, finite: Bool[Array, ""], improved: Bool[Array, ""] | None = None) -> SCFProgress:
+        """The progress after a step whose convergence measure is `error`. A step counts as
+        progress (for `patience`) when `error` falls a factor 0.9 below the best so far, or
+        when the solver says so with `improved` (e.g. a Newton step that lowered the energy)."""
         # "better" means a factor 0.9 below the best so far, so that noise does not count
-        better = error < 0.9 * self.best_error
+        lower = error < 0.9 * self.best_error
+        better = lower if improved is None else lower | improved
         return SCFProgress(
             self.count + 1,
             error,
-            jnp.where(better, error, self.best_error),
+            jnp.where(lower, error, self.best_error),
             jnp.where(better, self.count + 1, self.best_count),
             finite,
         )

@@ -137,7 +137,14 @@ class OrbitalNewton(AbstractSCFSolver):
     150), `cg_rtol` (default 1e-8; the soft modes this solver is for carry a small part of the
     gradient, so a loose CG tolerance leaves them unresolved), `trust_radius` (initial radius in the scaled variables,
     default 0.5), `max_trust_radius` (default 2), `level_shift` (Hartree, default 0),
-    `patience` (default 12).
+    `patience` (default 40: within [`nlxc.scf.solve`][], the Newton phase stops, result
+    `nonlinear_divergence`, after this many steps that neither reduce the residual by 10 % nor
+    lower the energy by more than `energy_tol`), `energy_tol` (Hartree, default 1e-8).
+
+    When no aufbau solution exists near the energy minimum (the lowest virtual orbital of the
+    minimum lies below the highest occupied one, e.g. NO with SVWN in def2-SVP, as PySCF's
+    second-order solver also finds) the fixed point P = D(F(P)) does not exist there: the solve
+    reports `converged=False` at that minimum, after `patience` steps without progress.
     """
 
     rtol: float = 0.0
@@ -148,7 +155,8 @@ class OrbitalNewton(AbstractSCFSolver):
     trust_radius: float = 0.5
     max_trust_radius: float = 2.0
     level_shift: float = 0.0
-    patience: int = eqx.field(static=True, default=12)
+    patience: int = eqx.field(static=True, default=40)
+    energy_tol: float = 1e-8
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags):
         return _NewtonState(SCFProgress.start(y.dtype, options), jnp.asarray(self.trust_radius, dtype=y.dtype))
@@ -215,5 +223,9 @@ class OrbitalNewton(AbstractSCFSolver):
         trust = jnp.clip(jnp.where(jnp.isfinite(trust), trust, 1e-6), 1e-6, self.max_trust_radius)
         new_y = jnp.where(accepted, candidate, y)
         new_y = jnp.where(error < 1, g_density, new_y)
-        progress = state.progress.advance(error, jnp.all(jnp.isfinite(r)))
+        # progress for `patience`: a smaller residual, or an accepted step that lowered the energy
+        # by more than `energy_tol` (at a minimum whose occupations are not aufbau, such as NO
+        # with SVWN in def2-SVP, neither happens: the solve stops instead of spending its budget)
+        improved = accepted & (actual < -self.energy_tol)
+        progress = state.progress.advance(error, jnp.all(jnp.isfinite(r)), improved)
         return new_y, _NewtonState(progress, trust), energy0

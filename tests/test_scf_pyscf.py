@@ -84,7 +84,8 @@ def assert_matches_pyscf(name, result, reference, mf, nao):
     assert energy <= reference + 1e-7, (energy, reference)
     if energy < reference - 1e-7:
         dm = np.asarray(result.density_matrix)[:, :nao, :nao]
-        assert abs(mf.energy_tot(dm=dm) - energy) <= 1e-7, (mf.energy_tot(dm=dm), energy)
+        at_nlxc_density = mf.energy_tot(dm=dm)
+        assert abs(at_nlxc_density - energy) <= 1e-7, (at_nlxc_density, energy)
         f = mf.get_fock(dm=dm)
         s_ao = mf.get_ovlp()
         for k in range(2):

@@ -113,7 +113,7 @@ def _with_fallback(solver, fallback, p0, args, max_steps, adjoint):
     n_first = first.stats["num_steps"]
     done = first.result == optx.RESULTS.successful
     # the fallback's own level shift (the fixed point does not depend on it, so the adjoint does not)
-    args = eqx.tree_at(lambda a: a.level_shift, args, jnp.asarray(fallback.level_shift, dtype=args.level_shift.dtype))
+    args = _arguments(args.functional, args.system, fallback, args.smearing, args.level_shift.dtype)
     second = optx.fixed_point(
         _scf_map, fallback, stop_gradient(first.value), args=args, has_aux=True, max_steps=max_steps,
         options={"budget": max_steps - n_first, "converged": done, "patience": fallback.patience},

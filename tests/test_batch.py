@@ -146,6 +146,7 @@ SHARDED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # 100 s on 2 cores: the slow set, which .ci/run runs too
 def test_sharded_batch_equals_single_device():
     """Data-parallel over 4 (forced host) CPU devices: same energies and gradients."""
     import json

@@ -121,6 +121,7 @@ MODELS = {
 }
 
 
+@pytest.mark.slow  # 200-290 s per group on 2 cores: the slow set, which .ci/run runs too
 @pytest.mark.parametrize("name", list(MODELS))
 def test_model_scf_gradients_and_invariances(operator_batch, name):
     """The model on the batch: converged, invariant, gradients equal finite differences."""

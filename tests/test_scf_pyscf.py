@@ -13,10 +13,12 @@ per-molecule settings.
 Degenerate open shells (NO's half-filled π* pair, the p shells of C and O, the OH π hole) have
 a nearly free rotation of the broken-symmetry orbital; on a finite grid the energy varies along
 it by up to ~1e-5 Ha, so two SCFs run by different algorithms (or on different CPUs, whose
-rounding differs) can settle at different orientations, each self-consistent. For those the
-test requires nlxc's state to be at least as low as PySCF's (to 1e-7 Ha) and, where it is
-lower, to be a PySCF solution too: PySCF's energy of nlxc's density matrix equals nlxc's
-energy (1e-7 Ha) and PySCF's Fock matrix commutes with it (F P S − S P F ≈ 0).
+rounding differs) can settle at different orientations, each self-consistent: measured, nlxc
+1.0e-5 Ha below PySCF for NO/r2SCAN and 5.0e-6 below for C/r2SCAN on one CPU, 1.5e-6 Ha above
+for C/r2SCAN on another. For those the test requires nlxc's state to be a PySCF solution:
+PySCF's energy of nlxc's density matrix equals nlxc's energy (1e-7 Ha) and PySCF's Fock matrix
+commutes with it (F P S − S P F ≈ 0), and its energy to be within `DEGENERATE_SPREAD` (2e-5 Ha)
+of PySCF's.
 
 NO with SVWN has no aufbau solution near the energy minimum: PySCF's second-order solver
 (`mf.newton()`) converges to a minimum whose lowest α virtual orbital lies below the highest
@@ -40,6 +42,7 @@ import nlxc
 from nlxc.scf import solve
 
 DEGENERATE_OPEN_SHELLS = {"no", "OH", "C", "O"}  # see the module docstring
+DEGENERATE_SPREAD = 2e-5  # Ha: the energy range of the orientations of a degenerate open shell
 NO_AUFBAU_SOLUTION = {("no", "svwn")}
 FUNCTIONALS = ["svwn", "pbe", "blyp", "b3lyp", "pbe0", "r2scan", "hf"]
 CLOSED = ["h2o", "nh3", "ch4", "n2", "c6h6"]
@@ -75,24 +78,26 @@ def pyscf_energy(name, xc):
 
 
 def assert_matches_pyscf(name, result, reference, mf, nao):
-    """nlxc's energy equals PySCF's (1e-7 Ha), or, for a degenerate open shell, is at least as
-    low and nlxc's density matrix is a PySCF solution (see the module docstring)."""
+    """nlxc's energy equals PySCF's (1e-7 Ha), or, for a degenerate open shell, nlxc's density
+    matrix is a PySCF solution within `DEGENERATE_SPREAD` of PySCF's energy (module docstring)."""
     energy = float(result.energy)
     if name not in DEGENERATE_OPEN_SHELLS:
         assert abs(energy - reference) <= 1e-7, (energy, reference)
         return
-    assert energy <= reference + 1e-7, (energy, reference)
-    if energy < reference - 1e-7:
-        dm = np.asarray(result.density_matrix)[:, :nao, :nao]
-        at_nlxc_density = mf.energy_tot(dm=dm)
-        assert abs(at_nlxc_density - energy) <= 1e-7, (at_nlxc_density, energy)
-        f = mf.get_fock(dm=dm)
-        s_ao = mf.get_ovlp()
-        for k in range(2):
-            assert np.abs(f[k] @ dm[k] @ s_ao - s_ao @ dm[k] @ f[k]).max() < 1e-5
+    assert abs(energy - reference) <= DEGENERATE_SPREAD, (energy, reference)
+    dm = np.asarray(result.density_matrix)[:, :nao, :nao]
+    at_nlxc_density = mf.energy_tot(dm=dm)
+    assert abs(at_nlxc_density - energy) <= 1e-7, (at_nlxc_density, energy)
+    f = mf.get_fock(dm=dm)
+    s_ao = mf.get_ovlp()
+    for k in range(2):
+        assert np.abs(f[k] @ dm[k] @ s_ao - s_ao @ dm[k] @ f[k]).max() < 1e-5
 
 
-
+# The NO cases that CDIIS hands over to the Newton fallback (35-70 Newton steps, 80-170 s each on
+# 2 cores) run in the slow set (`python -m pytest -q -m slow`, which .ci/run runs too); NO with
+# r2SCAN and HF, and NO/PBE from the default guess in test_scf.py, stay in the default suite.
+SLOW_CASES = {("no", "svwn"), ("no", "pbe"), ("no", "blyp"), ("no", "b3lyp"), ("no", "pbe0")}
 
 # Benzene, the largest molecule, with the functionals the docs claim for it (every functional
 # is checked on the seven others; `benchmarks/scf.py --xc ...` compares benzene for any).
@@ -105,7 +110,8 @@ def _cases():
         bucket = next(i for i, b in enumerate(BUCKETS) if name in b)
         for xc in LARGE_FUNCTIONALS.get(name, FUNCTIONALS):
             group = f"scf-bucket{bucket}" + ("-hybrid" if xc in ("b3lyp", "pbe0", "hf") else "")
-            yield pytest.param(name, xc, id=f"{name}-{xc}", marks=pytest.mark.xdist_group(group))
+            marks = [pytest.mark.xdist_group(group)] + ([pytest.mark.slow] if (name, xc) in SLOW_CASES else [])
+            yield pytest.param(name, xc, id=f"{name}-{xc}", marks=marks)
 
 
 @pytest.mark.parametrize("name, xc", list(_cases()))

@@ -405,6 +405,7 @@ def test_ctrl_c_during_the_first_compilation_exits_130_at_once(dataset_path, tmp
     assert sorted(os.listdir(out)) == ["config.json", "manifest.json"]
 
 
+@pytest.mark.slow  # 150 s on 2 cores (two training subprocesses): the slow set, which .ci/run runs too
 def test_ctrl_c_between_steps_checkpoints_and_the_moved_run_resumes(dataset_path, uninterrupted, tmp_path,
                                                                     monkeypatch):
     """Ctrl-C after some steps (checkpoints only every 100 steps) writes the checkpoint of the last

@@ -8,7 +8,8 @@ density-fitted RKS/UKS on the same work (same basis, grid level, auxiliary basis
 each converged, nlxc's iterations and strategy (0 CDIIS, 1 Newton fallback) and the energy
 difference; the acceptance is |ΔE| ≤ 1e-6 Ha wherever PySCF converges. Where the two end in
 different states (|ΔE| > 1e-6 Ha), it also reports whether PySCF's own solution passes PySCF's
-internal stability analysis and what PySCF converges to when started from nlxc's density matrix.
+internal stability analysis, what PySCF converges to when started from nlxc's density matrix,
+and whether that state (nlxc's) passes the stability analysis too.
 
     python benchmarks/g2_convergence.py [--xc lda pbe b3lyp r2scan] [--basis def2-svp]
         [--grid-level 3] [--molecules OH NO ...] [--out benchmarks/results/g2_convergence.json]
@@ -133,7 +134,9 @@ def _summarize(rows):
             print(f"{r['molecule']}/{r['xc']}: dE {r['delta']:.2e} Ha; PySCF's solution "
                   f"{'stable' if r['pyscf_stable'] else 'UNSTABLE (a saddle point)'}; PySCF from nlxc's density "
                   f"{'stays at' if abs(r['pyscf_from_nlxc_energy'] - r['energy']) <= 1e-6 else 'moves from'} "
-                  f"nlxc's energy (dE {r['energy'] - r['pyscf_from_nlxc_energy']:.1e})")
+                  f"nlxc's energy (dE {r['energy'] - r['pyscf_from_nlxc_energy']:.1e})"
+                  + ("" if "nlxc_state_stable" not in r else
+                     f"; nlxc's state {'stable' if r['nlxc_state_stable'] else 'UNSTABLE (a saddle point)'}"))
     failed = [f"{r['molecule']}/{r['xc']}" for r in rows if not r["converged"]]
     if failed:
         print("not converged:", ", ".join(failed))
@@ -142,17 +145,21 @@ def _summarize(rows):
 def _two_solutions(mf, result):
     """When the two SCFs end in different states: is each a stationary point for PySCF, and is
     PySCF's own solution stable? PySCF restarted from nlxc's density matrix (same functional,
-    grid and auxiliary basis); PySCF's internal stability analysis of its own solution (a
-    saddle point of the energy has an unstable direction)."""
+    grid and auxiliary basis); PySCF's internal stability analysis of its own solution and of
+    that restarted one, i.e. of nlxc's state (a saddle point of the energy has an unstable
+    direction)."""
     import numpy as np
 
     p = np.asarray(result.density_matrix)
-    mo_internal, _, stable, _ = mf.stability(return_status=True)
+    nao = mf.mol.nao
+    p = p[:, :nao, :nao]
+    _, _, stable, _ = mf.stability(return_status=True)
     restarted = mf.copy()
     restarted.callback = None
     e_restart = float(restarted.kernel(dm0=(p[0] + p[1]) if mf.istype("RKS") else p))
+    _, _, nlxc_stable, _ = restarted.stability(return_status=True)
     return {"pyscf_stable": bool(stable), "pyscf_from_nlxc_energy": e_restart,
-            "pyscf_from_nlxc_converged": bool(restarted.converged)}
+            "pyscf_from_nlxc_converged": bool(restarted.converged), "nlxc_state_stable": bool(nlxc_stable)}
 
 
 def _write(args, rows):

@@ -9,7 +9,8 @@ each converged, nlxc's iterations and strategy (0 CDIIS, 1 Newton fallback) and 
 difference; the acceptance is |ΔE| ≤ 1e-6 Ha wherever PySCF converges. Where the two end in
 different states (|ΔE| > 1e-6 Ha), it also reports whether PySCF's own solution passes PySCF's
 internal stability analysis, what PySCF converges to when started from nlxc's density matrix,
-and whether that state (nlxc's) passes the stability analysis too.
+and whether that state (nlxc's) passes the stability analysis too. Where PySCF's DIIS does not
+converge, it runs PySCF's second-order solver and reports whether its minimum is aufbau.
 
     python benchmarks/g2_convergence.py [--xc lda pbe b3lyp r2scan] [--basis def2-svp]
         [--grid-level 3] [--molecules OH NO ...] [--out benchmarks/results/g2_convergence.json]
@@ -103,6 +104,8 @@ def main() -> None:
                            pyscf_cycles=len(cycles), delta=energy - reference)
                 if mf.converged and abs(row["delta"]) > 1e-6:
                     row.update(_two_solutions(mf, result))
+                if not mf.converged:
+                    row.update(_second_order(mf))
             rows.append(row)
             delta = row.get("delta")
             print(f"{name:12s} {xc:10s} {str(row['converged']):>5s} {row['n_iterations']:4d} {row['strategy']:5d} "
@@ -140,6 +143,14 @@ def _summarize(rows):
     failed = [f"{r['molecule']}/{r['xc']}" for r in rows if not r["converged"]]
     if failed:
         print("not converged:", ", ".join(failed))
+    for r in rows:
+        if "pyscf_newton_energy" in r:
+            print(f"{r['molecule']}/{r['xc']}: PySCF's DIIS did not converge; its second-order solver "
+                  f"{'converged' if r['pyscf_newton_converged'] else 'did not converge'} to "
+                  f"{r['pyscf_newton_energy']:.10f} Ha, {'an aufbau' if r['pyscf_newton_aufbau'] else 'a NON-aufbau'} "
+                  f"minimum (lowest virtual minus highest occupied {r['pyscf_newton_min_gap']:.2e} Ha); "
+                  f"nlxc {'converged' if r['converged'] else 'did not converge'}, "
+                  f"E - E(PySCF newton) = {r['energy'] - r['pyscf_newton_energy']:.1e} Ha")
 
 
 def _two_solutions(mf, result):
@@ -160,6 +171,24 @@ def _two_solutions(mf, result):
     _, _, nlxc_stable, _ = restarted.stability(return_status=True)
     return {"pyscf_stable": bool(stable), "pyscf_from_nlxc_energy": e_restart,
             "pyscf_from_nlxc_converged": bool(restarted.converged), "nlxc_state_stable": bool(nlxc_stable)}
+
+
+def _second_order(mf):
+    """Where PySCF's DIIS does not converge: PySCF's second-order solver (`mf.newton()`), its
+    energy, and whether its minimum is aufbau (no virtual orbital below an occupied one of the
+    same spin). A non-aufbau minimum means the aufbau fixed point P = D(F(P)) does not exist
+    there, for nlxc or PySCF."""
+    import numpy as np
+
+    newton = mf.newton()
+    newton.callback = None  # the DIIS run's cycle counter
+    newton.conv_tol, newton.max_cycle, newton.verbose = 1e-10, 200, 0
+    energy = float(newton.kernel())
+    energies = np.reshape(newton.mo_energy, (-1, np.shape(newton.mo_energy)[-1]))
+    occupations = np.reshape(newton.mo_occ, energies.shape)
+    gaps = [float(e[o <= 0].min() - e[o > 0].max()) for e, o in zip(energies, occupations) if np.any(o <= 0)]
+    return {"pyscf_newton_converged": bool(newton.converged), "pyscf_newton_energy": energy,
+            "pyscf_newton_min_gap": min(gaps), "pyscf_newton_aufbau": min(gaps) > 0}
 
 
 def _write(args, rows):

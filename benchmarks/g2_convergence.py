@@ -162,8 +162,6 @@ def _two_solutions(mf, result):
     import numpy as np
 
     p = np.asarray(result.density_matrix)
-    nao = mf.mol.nao
-    p = p[:, :nao, :nao]
     _, _, stable, _ = mf.stability(return_status=True)
     restarted = mf.copy()
     restarted.callback = None

@@ -513,11 +513,16 @@ def _adjoint() -> optx.ImplicitAdjoint:
 
 
 def _solve_from(functional, system, guess, max_scf_steps):
-    """The vmapped SCF of a batch, started from `guess` (the last converged density matrices)."""
+    """The vmapped SCF of a batch, started from `guess` (the last converged density matrices).
+
+    Without the stability analysis of open shells (`stability=None`): each step starts from the
+    minimum the last step converged to, which a small parameter update moves continuously, and
+    under `jax.vmap` the analysis (about 48 Fock builds) would run for the whole open-shell
+    batch at every step. Evaluation (`nlxc.evaluation`) keeps `solve`'s default analysis."""
     from .scf import solve
 
     return eqx.filter_vmap(lambda s, p: solve(functional, s, initial_density_matrix=p, max_steps=max_scf_steps,
-                                              adjoint=_adjoint()))(system, guess)
+                                              adjoint=_adjoint(), stability=None))(system, guess)
 
 
 def _initial_guesses(data: _StepData) -> list[jax.Array]:

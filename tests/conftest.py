@@ -71,6 +71,20 @@ def system(name, grid_level=GRID_LEVEL):
     return nlxc.System.from_pyscf(mole(name), grid_level=grid_level)
 
 
+# H2 stretched to 2.0 Å, solved spin-unrestricted: its spin-symmetric (α = β) state is a saddle
+# point of the UKS energy, the broken-symmetry state the minimum (the stability-analysis tests)
+STRETCHED_H2 = "H 0 0 0; H 0 0 2.0"
+
+
+@functools.lru_cache(maxsize=None)
+def stretched_h2():
+    """(Mole, unrestricted System) of `STRETCHED_H2` in def2-SVP at grid level 1."""
+    from pyscf import gto
+
+    mol = gto.M(atom=STRETCHED_H2, basis=BASIS, verbose=0)
+    return mol, nlxc.System.from_pyscf(mol, grid_level=1, restricted=False)
+
+
 @pytest.fixture(scope="session")
 def get_mole():
     return mole

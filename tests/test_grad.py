@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import system
+from conftest import stretched_h2, system
 
 import nlxc
 from nlxc.scf import DIIS, UnrolledAdjoint, solve
@@ -145,6 +145,18 @@ def test_reverse_mode_matches_finite_differences(case):
     np.testing.assert_allclose(analytic, numeric, **TOL)
 
 
+def assert_reverse_mode_matches_finite_differences(params, static, sys, **kwargs):
+    """jax.jacrev of `quantities` (solved with `kwargs`), projected on a random direction, against
+    the finite differences of the same solves."""
+    jac, converged = eqx.filter_jit(jax.jacrev(lambda p: quantities(p, static, sys, **kwargs), has_aux=True))(params)
+    assert bool(converged)
+    direction = random_direction(params)
+    analytic = sum(np.tensordot(np.asarray(j), np.asarray(v), axes=np.ndim(v))
+                   for j, v in zip(jax.tree.leaves(jac), jax.tree.leaves(direction)))
+    numeric = finite_difference(params, static, sys, direction, **kwargs)
+    np.testing.assert_allclose(analytic, numeric, **TOL)
+
+
 @pytest.mark.slow  # 170 s on 2 cores: the slow set, which .ci/run runs too
 def test_gradient_through_the_newton_fallback_matches_finite_differences():
     """The fallback phase carries the implicit adjoint: a solve that CDIIS hands over to
@@ -157,13 +169,23 @@ def test_gradient_through_the_newton_fallback_matches_finite_differences():
     kwargs = dict(solver=DIIS(atol=1e-11, damping=0.95, patience=1), fallback=OrbitalNewton(atol=1e-11))
     r = solve(eqx.combine(params, static), sys, kwargs["solver"], fallback=kwargs["fallback"], max_steps=200)
     assert bool(r.converged) and int(r.strategy) == 1
-    jac, converged = eqx.filter_jit(jax.jacrev(lambda p: quantities(p, static, sys, **kwargs), has_aux=True))(params)
-    assert bool(converged)
-    direction = random_direction(params)
-    analytic = sum(np.tensordot(np.asarray(j), np.asarray(v), axes=np.ndim(v))
-                   for j, v in zip(jax.tree.leaves(jac), jax.tree.leaves(direction)))
-    numeric = finite_difference(params, static, sys, direction, **kwargs)
-    np.testing.assert_allclose(analytic, numeric, **TOL)
+    assert_reverse_mode_matches_finite_differences(params, static, sys, **kwargs)
+
+
+@pytest.mark.slow  # the slow set, which .ci/run runs too
+def test_gradient_through_the_stability_analysis_matches_finite_differences():
+    """A solve whose first solver converges to a saddle point (spin-unrestricted stretched H2 from
+    its α = β guess), which the stability analysis rotates downhill for the fallback
+    (`strategy` 2), differentiates like any other: the implicit adjoint at the broken-symmetry
+    minimum, reverse mode against the finite differences of the same solves."""
+    from nlxc.scf import OrbitalNewton
+
+    _, sys = stretched_h2()
+    params, static = eqx.partition(nlxc.get_functional("pbe"), eqx.is_inexact_array)
+    kwargs = dict(fallback=OrbitalNewton(atol=1e-11))
+    r = solve(eqx.combine(params, static), sys, SOLVER, fallback=kwargs["fallback"], max_steps=200)
+    assert bool(r.converged) and int(r.strategy) == 2
+    assert_reverse_mode_matches_finite_differences(params, static, sys, **kwargs)
 
 
 def test_forward_mode_matches_finite_differences():

@@ -1,5 +1,6 @@
 """Properties of the SCF solver itself: fixed point, non-convergence reporting, vmap, jit."""
 
+import functools
 import re
 
 import equinox as eqx
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 import pytest
-from conftest import system
+from conftest import stretched_h2, system
 
 import nlxc
 from nlxc.scf import DIIS, solve
@@ -211,19 +212,17 @@ def test_hydrogen_atom_in_631g_differentiates_with_the_default_adjoint():
 
 @pytest.mark.parametrize("name", ["no", "o2"])
 def test_open_shell_radicals_converge_from_the_default_guess(name, get_system):
-    """NO (a soft rotation of its half-filled π* orbital, where CDIIS alone stagnates) and O2
-    converge with the default solver, fallback and guess; the reported strategy and iteration
-    count are consistent; CDIIS alone (fallback=None) on NO does not converge in as many
-    iterations, so the fallback is what makes the difference."""
+    """NO (a soft rotation of its half-filled π* orbital, where CDIIS can stagnate) and O2
+    converge with the default solver, fallback and guess, and the reported strategy and iteration
+    count are consistent. Which strategy finishes NO depends on the rounding of the CPU and its
+    thread settings (on one machine: CDIIS stagnated and the Newton fallback finished after 79
+    iterations with 2 XLA threads; CDIIS converged by itself in 38 with one), so the test does not
+    ask for one; the NO cases of `test_scf_pyscf.py` and `benchmarks/g2_convergence.py` report it."""
     system = get_system(name)
     result = solve(get_functional("pbe"), system)
     assert bool(result.converged), (name, int(result.n_iterations))
     assert 1 <= int(result.n_iterations) <= 128
-    assert int(result.strategy) in (0, 1)
-    if name == "no":
-        alone = solve(get_functional("pbe"), system, fallback=None, max_steps=int(result.n_iterations))
-        assert not bool(alone.converged)
-        assert int(result.strategy) == 1
+    assert int(result.strategy) in (0, 1, 2)
 
 
 def test_iteration_count_never_exceeds_max_steps(get_system):
@@ -233,6 +232,61 @@ def test_iteration_count_never_exceeds_max_steps(get_system):
         assert not bool(result.converged)
 
 
+@functools.lru_cache(maxsize=None)
+def _stretched_h2():
+    """H2 at 2.0 Å (def2-SVP, PBE, grid level 1), spin-unrestricted: its spin-symmetric state
+    (α = β, the restricted solution) is self-consistent but a saddle point of the UKS energy;
+    the broken-symmetry state (α on one atom, β on the other) is the minimum. Both reference
+    energies from PySCF: the UKS from the default (spin-symmetric) guess, and the UKS from a
+    broken-symmetry guess, the α density of one H atom and the β density of the other."""
+    from pyscf import df, dft, gto
+
+    mol, s = stretched_h2()
+
+    def uks():
+        mf = dft.UKS(mol, xc="pbe")
+        mf.grids.level = 1
+        mf = mf.density_fit(auxbasis=df.make_auxbasis(mol))
+        mf.conv_tol = 1e-11
+        return mf
+
+    symmetric = uks()
+    e_symmetric = symmetric.kernel()
+    atom = gto.M(atom="H 0 0 0", basis="def2-svp", spin=1, verbose=0)
+    a = dft.UKS(atom, xc="pbe").run().make_rdm1()[0]  # the α density of one H atom
+    n = a.shape[0]
+    dm0 = np.zeros((2, 2 * n, 2 * n))
+    dm0[0, :n, :n], dm0[1, n:, n:] = a, a
+    broken = uks()
+    e_broken = broken.kernel(dm0=dm0)
+    assert symmetric.converged and broken.converged and e_broken < e_symmetric - 1e-3
+    return mol, s, e_symmetric, e_broken
+
+
+def test_stability_analysis_leaves_a_saddle_point_for_the_minimum():
+    """Spin-unrestricted stretched H2 from the default (α = β) guess: CDIIS keeps the spin
+    symmetry and converges to the saddle point (PySCF's symmetric UKS energy); the default
+    stability analysis finds the negative curvature, rotates downhill, and the fallback
+    converges to PySCF's broken-symmetry minimum (`strategy` 2). With `stability=None` the
+    solve stays at the saddle point. `StabilityAnalysis.lowest_eigenvalue` is negative at the
+    saddle and positive at the minimum."""
+    _, s, e_symmetric, e_broken = _stretched_h2()
+    pbe = get_functional("pbe")
+    saddle = solve(pbe, s, stability=None)
+    assert bool(saddle.converged) and int(saddle.strategy) == 0
+    assert float(saddle.energy) == pytest.approx(e_symmetric, abs=1e-7)
+    result = solve(pbe, s)
+    assert bool(result.converged) and int(result.strategy) == 2
+    assert float(result.energy) == pytest.approx(e_broken, abs=1e-7)
+    spin = np.asarray(result.density_matrix[0] - result.density_matrix[1])
+    assert np.abs(spin).max() > 0.1  # the spin symmetry is broken
+    analysis = nlxc.scf.StabilityAnalysis()
+    args = nlxc.scf.SCFArguments(pbe.prepare(s), s, jnp.asarray(0.0), None)
+    lowest = jax.jit(lambda p: analysis.lowest_eigenvalue(p, args)[0])
+    assert float(lowest(saddle.density_matrix)) < -analysis.threshold
+    assert float(lowest(result.density_matrix)) > analysis.threshold
+
+
 @pytest.mark.parametrize("bad, message", [
     (lambda s: ("pbe", s, {}), "get_functional"),
     (lambda s: (nlxc.xc.PBEExchange, s, {}), "class PBEExchange"),
@@ -240,6 +294,7 @@ def test_iteration_count_never_exceeds_max_steps(get_system):
     (lambda s: (get_functional("pbe"), s, {"initial_density_matrix": s.overlap}), "shape (2, nao, nao)"),
     (lambda s: (get_functional("pbe"), s, {"max_steps": 0}), "max_steps"),
     (lambda s: (get_functional("pbe"), s, {"fallback": "newton"}), "fallback"),
+    (lambda s: (get_functional("pbe"), s, {"stability": True}), "stability"),
     (lambda s: (get_functional("pbe"), jax.tree.map(lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) else x, s), {}), "float64"),
 ])
 def test_solve_checks_its_arguments_at_the_boundary(bad, message, get_system):

@@ -18,10 +18,12 @@ rounding differs) can settle at different orientations, each self-consistent: me
 for C/r2SCAN on another. For those the test requires nlxc's state to be a PySCF solution:
 PySCF's energy of nlxc's density matrix equals nlxc's energy (1e-7 Ha) and PySCF's Fock matrix
 commutes with it (F P S − S P F ≈ 0), and its energy to be within `DEGENERATE_SPREAD` (2e-5 Ha)
-of PySCF's. Such a state need not be a minimum: nlxc's C/r2SCAN state in def2-SVP at grid level 3
-(1.9e-6 to 5.4e-6 Ha above PySCF's, whose own state varies between runs) fails PySCF's
-internal stability analysis, a saddle point; nlxc's SCF has no stability analysis yet, so this
-test does not ask for one (docs/scf.md).
+of PySCF's. Since the solve's stability analysis (`nlxc.scf.StabilityAnalysis`, default for
+unrestricted Systems) rotates a saddle point it detects downhill, nlxc's state is normally a local
+minimum; but the
+r2SCAN energy of these atoms on a finite grid has several local minima a few µHa apart (F/r2SCAN
+in def2-SVP, grid level 3: nlxc's and PySCF's states 3.1e-6 Ha apart, both stable by both
+codes' analyses; docs/scf.md), so the spread stays.
 
 NO with SVWN has no aufbau solution near the energy minimum: PySCF's second-order solver
 (`mf.newton()`) converges to a minimum whose lowest α virtual orbital lies below the highest

@@ -3,6 +3,7 @@
 from ._aufbau import FermiDirac, density_from_fock, eigh, orbitals
 from ._base import AbstractSCFSolver, SCFArguments, SCFProgress
 from ._newton import OrbitalNewton
+from ._stability import StabilityAnalysis
 from ._energy import EnergyComponents, energy_and_fock, energy_components
 from .adjoint import FAILED_SOLVE, FailAsValue, ImplicitAdjoint, UnrolledAdjoint, ZeroSafeSolver
 from .cdiis import CDIIS
@@ -21,6 +22,7 @@ __all__ = [
     "ImplicitAdjoint",
     "SCFHistory",
     "SCFResult",
+    "StabilityAnalysis",
     "UnrolledAdjoint",
     "ZeroSafeSolver",
     "FailAsValue",

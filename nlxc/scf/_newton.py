@@ -11,6 +11,7 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, PyTree, Scalar
 
 from ..system import System
+from ..xc._base import AbstractFunctional
 from ._aufbau import _lapack_eigh, density_from_fock, level_shifted
 from ._base import AbstractSCFSolver, SCFArguments, SCFProgress
 from ._energy import energy_and_fock, energy_components
@@ -64,6 +65,53 @@ def _density(kappa, frame: _Frame, system: System, *, exact: bool):
         p = d0 + c1 + 0.5 * (kappa @ c1 - c1 @ kappa)
     x = system.orthogonalizer
     return jnp.einsum("mi,sij,sjk,slk,nl->smn", x, frame.rotation, p, frame.rotation, x)
+
+
+class _RotationModel(eqx.Module):
+    """The energy near an idempotent density matrix P as a function of the orbital rotations κ
+    (virtual–occupied block, per spin): its gradient, Hessian–vector products and the diagonal
+    of the non-interacting Hessian. Shared by [`nlxc.scf.OrbitalNewton`][] and the stability
+    analysis of [`nlxc.scf.solve`][]."""
+
+    functional: AbstractFunctional
+    system: System
+    frame: _Frame
+
+    def density(self, kappa, *, exact: bool = False):
+        """P(κ) = X U e^κ diag(n) e^{−κ} Uᵀ Xᵀ (second order in κ unless `exact`)."""
+        return _density(_generator(kappa, self.frame, self.system.restricted), self.frame, self.system, exact=exact)
+
+    def gradient(self, fock: Float[Array, "2 nao nao"]) -> Float[Array, "2 nmo nmo"]:
+        """∂E/∂κ at κ = 0 from the Fock matrix F(P): one vector–Jacobian product."""
+        _, pullback = jax.vjp(self.density, jnp.zeros_like(self.frame.rotation))
+        (grad,) = pullback(fock)
+        return jnp.where(self.frame.mask, grad, 0.0)
+
+    def orbital_gradient(self, kappa) -> Float[Array, "2 nmo nmo"]:
+        """∂E(P(κ))/∂κ = (∂P/∂κ)ᵀ F(P(κ)): one Fock build and a vector–Jacobian product."""
+        p, pull = jax.vjp(self.density, kappa)
+        _, f = energy_and_fock(self.functional, self.system, p)
+        return jnp.where(self.frame.mask, pull(f)[0], 0.0)
+
+    def hessian_product(self, v) -> Float[Array, "2 nmo nmo"]:
+        """H v by a central difference of the exact orbital gradient, ±h along v/‖v‖ (h = 1e-4
+        rad): error O(h²) relative, and one Fock build program (vmapped over the two points)
+        instead of a forward-over-reverse pass, which would compile a second program."""
+        size = jnp.sqrt(jnp.sum(v * v))
+        safe = jnp.where(size > 0, size, 1.0)
+        h = _FD_STEP / safe
+        plus, minus = jax.vmap(self.orbital_gradient)(jnp.stack([h * v, -h * v]))
+        return jnp.where(size > 0, (plus - minus) / (2.0 * h), 0.0)
+
+    def preconditioner(self, fock: Float[Array, "2 nao nao"]) -> Float[Array, "2 nmo nmo"]:
+        """The diagonal Hessian of the non-interacting energy, ∝ ε_virtual − ε_occupied (at
+        least 0.05 Ha; 1 outside the rotation parameters)."""
+        frame, x = self.frame, self.system.orthogonalizer
+        fock_frame = jnp.einsum("sip,mi,smn,nj,sjq->spq", frame.rotation, x, fock, x, frame.rotation)
+        eps = jnp.diagonal(fock_frame, axis1=-2, axis2=-1)
+        weight = 4.0 if self.system.restricted else 2.0
+        diag = weight * (eps[:, :, None] - eps[:, None, :])
+        return jnp.where(frame.mask, jnp.maximum(diag, 0.05), 1.0)
 
 
 def _steihaug(hvp, grad, radius, max_steps: int, rtol):
@@ -172,46 +220,17 @@ class OrbitalNewton(AbstractSCFSolver):
         error = self.relative_error(r, g_density)
 
         frame = _frame(y, system)
-        restricted = system.restricted
-        zero = jnp.zeros_like(frame.rotation)
-
-        # gradient from the Fock matrix (one vector–Jacobian product of the density map)
-        _, pullback = jax.vjp(lambda k: _density(_generator(k, frame, restricted), frame, system, exact=False), zero)
-        (grad,) = pullback(fock)
-        grad = jnp.where(frame.mask, grad, 0.0)
-
-        def orbital_gradient(k):
-            # ∂E(P(κ))/∂κ = (∂P/∂κ)ᵀ F(P(κ)): one Fock build and a vector–Jacobian product
-            density_of = lambda kk: _density(_generator(kk, frame, restricted), frame, system, exact=False)  # noqa: E731
-            p, pull = jax.vjp(density_of, k)
-            _, f = energy_and_fock(functional, system, p)
-            return jnp.where(frame.mask, pull(f)[0], 0.0)
-
-        def hvp(v):
-            # central difference of the exact orbital gradient, ±h along v/‖v‖ (h = 1e-4 rad):
-            # error O(h²) relative, and one Fock build program (vmapped over the two points)
-            # instead of a forward-over-reverse pass, which would compile a second program
-            size = jnp.sqrt(jnp.sum(v * v))
-            safe = jnp.where(size > 0, size, 1.0)
-            h = _FD_STEP / safe
-            plus, minus = jax.vmap(orbital_gradient)(jnp.stack([h * v, -h * v]))
-            return jnp.where(size > 0, (plus - minus) / (2.0 * h), 0.0)
-
-        # preconditioner: the diagonal Hessian of the non-interacting energy, ∝ ε_virtual − ε_occupied
-        fock_frame = jnp.einsum("sip,mi,smn,nj,sjq->spq", frame.rotation, system.orthogonalizer, fock,
-                                system.orthogonalizer, frame.rotation)
-        eps = jnp.diagonal(fock_frame, axis1=-2, axis2=-1)
-        weight = 4.0 if restricted else 2.0
-        diag = weight * (eps[:, :, None] - eps[:, None, :])
-        diag = jnp.where(frame.mask, jnp.maximum(diag, 0.05), 1.0)
+        model = _RotationModel(functional, system, frame)
+        grad = model.gradient(fock)
+        diag = model.preconditioner(fock)
 
         # the trust-region Newton step in the variables z = √diag · κ (Steihaug's truncated CG)
         root = jnp.sqrt(diag)
         step, predicted = _steihaug(
-            lambda v: hvp(v / root) / root, grad / root, state.trust_radius, self.cg_steps, self.cg_rtol,
+            lambda v: model.hessian_product(v / root) / root, grad / root, state.trust_radius, self.cg_steps, self.cg_rtol,
         )
         kappa = jnp.where(frame.mask, step / root, 0.0)
-        candidate = _density(_generator(kappa, frame, restricted), frame, system, exact=True)
+        candidate = model.density(kappa, exact=True)
         energy1 = energy_components(functional, system, candidate).total
         actual = energy1 - energy0
         accepted = jnp.isfinite(energy1) & (actual <= 1e-12)

@@ -16,6 +16,7 @@ from ._aufbau import FermiDirac, density_from_fock, level_shifted, occupations_o
 from ._base import AbstractSCFSolver, SCFArguments, stop_gradient
 from ._energy import EnergyComponents, energy_and_fock
 from ._newton import OrbitalNewton
+from ._stability import StabilityAnalysis
 from .adjoint import ImplicitAdjoint, UnrolledAdjoint
 from .cdiis import CDIIS
 
@@ -45,7 +46,8 @@ class SCFResult(eqx.Module):
       step of the fallback counts as one iteration although it costs several Fock builds).
     - `converged`: whether the solve met its tolerance with finite numbers (boolean scalar).
     - `strategy`: which solver brought the SCF to convergence: 0 the `solver`, 1 the
-      `fallback` (integer scalar).
+      `fallback` after `solver` stagnated, 2 the `fallback` after the stability analysis found
+      `solver`'s state to be a saddle point and rotated it downhill (integer scalar).
     - `result`: optimistix's `RESULTS` code; `optimistix.RESULTS[result]` reads it.
     - `history`: an [`SCFHistory`][nlxc.scf.SCFHistory] for unrolled solves, else `None`.
 
@@ -96,31 +98,42 @@ def _unrolled(solver, p0, args, steps, adjoint):
 
 
 # which solver finished the SCF (SCFResult.strategy)
-PRIMARY, FALLBACK = 0, 1
+PRIMARY, FALLBACK, STABILITY = 0, 1, 2
 
 
-def _with_fallback(solver, fallback, p0, args, max_steps, adjoint):
+def _with_fallback(solver, fallback, stability, p0, args, max_steps, adjoint):
     """The primary solver until it converges or stagnates, then the fallback, which carries the
     adjoint: the implicit adjoint differentiates the fixed point itself, however it was found,
     so the primary phase runs on stop-gradient copies of the inputs (it only finds the point).
     When the primary solver has converged, the fallback starts from a converged point and takes
     no step (the common case costs nothing extra, and under `jax.vmap` the fallback's loop runs
-    only while some member of the batch needs it)."""
+    only while some member of the batch needs it). Between the two, an unrestricted state the
+    primary solver converged to is checked for stability: at a saddle point it is rotated
+    downhill and the fallback converges from there."""
     first = optx.fixed_point(
         _scf_map, solver, stop_gradient(p0), args=stop_gradient(args), has_aux=True, max_steps=max_steps,
         options={"patience": solver.patience}, throw=False,
     )
     n_first = first.stats["num_steps"]
     done = first.result == optx.RESULTS.successful
+    start = first.value
+    moved = jnp.asarray(False)
+    if stability is not None and not args.system.restricted:
+        dynamic, static = eqx.partition(stop_gradient(args), eqx.is_array)
+        start, moved = jax.lax.cond(
+            done, lambda p, d: stability.follow(p, eqx.combine(d, static))[:2], lambda p, d: (p, jnp.asarray(False)),
+            start, dynamic,
+        )
+        done = done & ~moved
     # the fallback's own level shift (the fixed point does not depend on it, so the adjoint does not)
     args = _arguments(args.functional, args.system, fallback, args.smearing, args.level_shift.dtype)
     second = optx.fixed_point(
-        _scf_map, fallback, stop_gradient(first.value), args=args, has_aux=True, max_steps=max_steps,
+        _scf_map, fallback, stop_gradient(start), args=args, has_aux=True, max_steps=max_steps,
         options={"budget": max_steps - n_first, "converged": done, "patience": fallback.patience},
         adjoint=adjoint, throw=False,
     )
     n_second = second.stats["num_steps"]
-    strategy = jnp.where(n_second > 0, FALLBACK, PRIMARY)
+    strategy = jnp.where(moved, STABILITY, jnp.where(n_second > 0, FALLBACK, PRIMARY))
     return second.value, second.result, n_first + n_second, strategy
 
 
@@ -130,6 +143,7 @@ def solve(
     solver: optx.AbstractFixedPointSolver | optx.AbstractRootFinder = CDIIS(),
     *,
     fallback: AbstractSCFSolver | None = OrbitalNewton(),
+    stability: StabilityAnalysis | None = StabilityAnalysis(),
     initial_density_matrix: Float[Array, "2 nao nao"] | None = None,
     max_steps: int = 128,
     adjoint: optx.AbstractAdjoint | UnrolledAdjoint = ImplicitAdjoint(),
@@ -160,6 +174,12 @@ def solve(
       fixed point however it was found; an adjoint that differentiates the iterations runs
       `solver` alone); `SCFResult.strategy` says which solver finished.
       When `solver` converges by itself the fallback takes no step.
+    - `stability`: for unrestricted Systems, with the fallback, the
+      [`nlxc.scf.StabilityAnalysis`][] of the state `solver` converged to (default): a saddle
+      point of the energy (seen with degenerate open shells, e.g. C and O with r2SCAN) is
+      rotated downhill and the fallback converges from there (`SCFResult.strategy` 2). Costs
+      about 2·`lanczos_steps` Fock builds per converged open-shell solve; `None` skips it.
+      Restricted Systems are not analysed.
     - `initial_density_matrix`: `(2, nao, nao)`; default `system.initial_density_matrix`.
     - `max_steps`: the most SCF iterations allowed, over all strategies (exactly this many
       with `UnrolledAdjoint`).
@@ -180,8 +200,10 @@ def solve(
     below 1, or a fallback that is not an `AbstractSCFSolver`.
     """
     _check_arguments(functional, system, solver, fallback, initial_density_matrix, max_steps)
-    return _solve(functional, system, solver, fallback, initial_density_matrix, max_steps, adjoint, smearing,
-                  throw)
+    if stability is not None and not isinstance(stability, StabilityAnalysis):
+        raise InputError(f"stability must be an nlxc.scf.StabilityAnalysis or None, got {type(stability).__name__}")
+    return _solve(functional, system, solver, fallback, stability, initial_density_matrix, max_steps, adjoint,
+                  smearing, throw)
 
 
 def _check_arguments(functional, system, solver, fallback, initial_density_matrix, max_steps):
@@ -215,7 +237,8 @@ def _check_arguments(functional, system, solver, fallback, initial_density_matri
 
 
 @eqx.filter_jit
-def _solve(functional, system, solver, fallback, initial_density_matrix, max_steps, adjoint, smearing, throw):
+def _solve(functional, system, solver, fallback, stability, initial_density_matrix, max_steps, adjoint, smearing,
+           throw):
     p0 = system.initial_density_matrix if initial_density_matrix is None else initial_density_matrix
     functional = functional.prepare(system)  # geometry-only precomputation, once per solve
     args = _arguments(functional, system, solver, smearing, p0.dtype)
@@ -224,7 +247,8 @@ def _solve(functional, system, solver, fallback, initial_density_matrix, max_ste
         p, result, n_iterations, history = _unrolled(solver, p0, args, max_steps, adjoint)
     elif (fallback is not None and isinstance(solver, AbstractSCFSolver) and smearing is None
           and isinstance(adjoint, optx.ImplicitAdjoint)):
-        p, result, n_iterations, strategy = _with_fallback(solver, fallback, p0, args, max_steps, adjoint)
+        p, result, n_iterations, strategy = _with_fallback(solver, fallback, stability, p0, args, max_steps,
+                                                                   adjoint)
         history = None
     else:
         solution = optx.fixed_point(

@@ -507,9 +507,9 @@ def _split_losses(functional, data: _StepData, results, loss: tuple):
 @functools.cache
 def _adjoint() -> optx.ImplicitAdjoint:
     """nlxc's default implicit adjoint, its linear solver failing as a value (`FailAsValue`)."""
-    from .scf import FailAsValue, ImplicitAdjoint
+    from .scf import FailAsValue, ImplicitAdjoint, SCFImplicitAdjoint
 
-    return optx.ImplicitAdjoint(linear_solver=FailAsValue(ImplicitAdjoint().linear_solver))
+    return SCFImplicitAdjoint(linear_solver=FailAsValue(ImplicitAdjoint().linear_solver))
 
 
 def _solve_from(functional, system, guess, max_scf_steps):

@@ -5,7 +5,7 @@ from ._base import AbstractSCFSolver, SCFArguments, SCFProgress
 from ._newton import OrbitalNewton
 from ._stability import StabilityAnalysis
 from ._energy import EnergyComponents, energy_and_fock, energy_components
-from .adjoint import FAILED_SOLVE, FailAsValue, ImplicitAdjoint, UnrolledAdjoint, ZeroSafeSolver
+from .adjoint import FAILED_SOLVE, FailAsValue, ImplicitAdjoint, SCFImplicitAdjoint, UnrolledAdjoint, ZeroSafeSolver
 from .cdiis import CDIIS
 from .diis import DIIS
 from .solve import SCFHistory, SCFResult, solve
@@ -20,6 +20,7 @@ __all__ = [
     "EnergyComponents",
     "FermiDirac",
     "ImplicitAdjoint",
+    "SCFImplicitAdjoint",
     "SCFHistory",
     "SCFResult",
     "StabilityAnalysis",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -100,11 +102,12 @@ class FailAsValue(_WrappedSolver):
 
     Where the wrapped solver did not succeed (a Krylov breakdown, no convergence within its
     steps), or its right-hand side is not finite (the cotangent of a NaN loss), the solution is
-    `FAILED_SOLVE` (1e300) and the result "successful". lineax raises on any failed solve inside
-    a transposed (reverse-mode) solve whatever `throw` says, which would turn one unlucky adjoint
-    solve into an exception out of a compiled training step; with this wrapper it is a gradient
-    whose norm overflows, which the caller rejects (`nlxc.train` keeps its parameters and logs
-    the step).
+    `FAILED_SOLVE` (1e300) and the result "successful": a gradient whose norm overflows, which
+    the caller rejects (`nlxc.train` keeps its parameters and logs the step). Inside
+    `optimistix.ImplicitAdjoint` this keeps lineax from raising (it raises on any failed
+    transposed solve, whatever `throw` says); [`nlxc.scf.SCFImplicitAdjoint`][] already turns
+    a failed solve into NaN, and this wrapper additionally keeps a non-finite right-hand side
+    out of the Krylov solver.
     """
 
     inner: lx.AbstractLinearSolver
@@ -118,8 +121,73 @@ class FailAsValue(_WrappedSolver):
         return solution, lx.RESULTS.successful, stats
 
 
+def _solve_or_nan(operator, vector, solver):
+    """`operator⁻¹ vector` by `solver`, with no exception: NaN where the solve failed (so the
+    gradient it reaches is non-finite, which callers check), never a host callback."""
+    solution = lx.linear_solve(operator, vector, solver, throw=False)
+    failed = solution.result != lx.RESULTS.successful
+    return jax.tree.map(lambda x: jnp.where(failed, jnp.nan, x), solution.value)
+
+
+def _linear_solve(operator: lx.AbstractLinearOperator, vector, solver: lx.AbstractLinearSolver):
+    """x = A⁻¹ b as `jax.lax.custom_linear_solve`, whose derivatives and transpose are themselves
+    linear solves with `solver` (the transpose solves Aᵀ). lineax's own `linear_solve` raises
+    on failure through a host callback, always so in a transposed (reverse-mode) solve, and
+    JAX's persistent compilation cache never stores a program holding a host callback: every
+    gradient program would be compiled again in every process."""
+    transposed = operator.transpose()
+    return jax.lax.custom_linear_solve(
+        operator.mv,
+        vector,
+        solve=lambda _, b: _solve_or_nan(operator, b, solver),
+        transpose_solve=lambda _, b: _solve_or_nan(transposed, b, solver),
+    )
+
+
+def _for_jacobian(root, args):
+    fn_rewrite, residual, inputs = args
+    return fn_rewrite(root, residual, inputs)
+
+
+@eqx.filter_custom_jvp
+def _implicit(fn_primal, fn_rewrite, inputs, tags, linear_solver):
+    del fn_rewrite, tags, linear_solver
+    return jax.tree.map(jnp.asarray, fn_primal(inputs))
+
+
+@_implicit.def_jvp
+def _implicit_jvp(primals, tangents):
+    # the implicit function theorem: with R(y*, θ) = 0 (`fn_rewrite`), dy* = −(∂R/∂y)⁻¹ ∂R/∂θ dθ
+    fn_primal, fn_rewrite, inputs, tags, linear_solver = primals
+    _, _, t_inputs, _, _ = tangents
+    no_tangent = jax.tree.map(lambda t: t is None, t_inputs, is_leaf=lambda t: t is None)
+    nondiff, diff = eqx.partition(inputs, no_tangent, is_leaf=lambda t: t is None)
+    root, residual = _implicit(fn_primal, fn_rewrite, inputs, tags, linear_solver)
+
+    def rewrite_of(d):
+        return fn_rewrite(root, residual, eqx.combine(d, nondiff))
+
+    _, rhs = jax.jvp(rewrite_of, (diff,), (t_inputs,))
+    operator = lx.JacobianLinearOperator(_for_jacobian, root, (fn_rewrite, residual, inputs), tags=tags)
+    t_root = jax.tree.map(jnp.negative, _linear_solve(operator, rhs, linear_solver))
+    t_residual = jax.custom_derivatives.zero_from_primal(residual, symbolic_zeros=True)
+    return (root, residual), (t_root, t_residual)
+
+
+class SCFImplicitAdjoint(optx.ImplicitAdjoint):
+    """`optimistix.ImplicitAdjoint` (the implicit function theorem at the fixed point) whose
+    linear solves fail as values: where the adjoint solve does not converge, the derivative is
+    NaN rather than an exception raised from inside the compiled program. Built by
+    [`nlxc.scf.ImplicitAdjoint`][]; see there."""
+
+    def apply(self, primal_fn, rewrite_fn, inputs, tags):
+        inputs = inputs + (functools.partial(eqxi.while_loop, kind="lax"),)
+        root, residual = _implicit(primal_fn, rewrite_fn, inputs, tags, self.linear_solver)
+        return root, jax.tree.map(eqxi.nondifferentiable_backward, residual)
+
+
 def ImplicitAdjoint(rtol: float = 1e-10, atol: float = 1e-12, max_steps: int = 1000,
-                    method: str = "bicgstab", restart: int = 20) -> optx.ImplicitAdjoint:
+                    method: str = "bicgstab", restart: int = 20) -> SCFImplicitAdjoint:
     """Implicit-function-theorem adjoint of the fixed point P* = D(F(P*; θ)), matrix-free.
 
     The adjoint linear system (I − ∂D∂F·∂F/∂P)ᵀ λ = g is solved iteratively on
@@ -127,8 +195,11 @@ def ImplicitAdjoint(rtol: float = 1e-10, atol: float = 1e-12, max_steps: int = 1
     handful of second-order energy derivatives, independent of the number of SCF iterations, and
     the memory is that of one iteration. Both reverse mode (`jax.grad`) and forward mode
     (`jax.jvp`) work. If the linear solver does not reach `rtol`/`atol` within `max_steps`, the
-    gradient computation raises rather than returning an inexact gradient. A zero adjoint
-    right-hand side (a molecule that does not enter the loss) gives a zero adjoint, not NaN
+    derivative is NaN (a failure as a value: check `jnp.isfinite` of the gradient; `nlxc.train`
+    does, and keeps its parameters) rather than an inexact gradient or an exception from inside
+    the compiled program. (An exception would need a host callback, and JAX's persistent
+    compilation cache does not store programs that hold one.) A zero adjoint right-hand side (a
+    molecule that does not enter the loss) gives a zero adjoint, not NaN
     ([`ZeroSafeSolver`][nlxc.scf.ZeroSafeSolver]).
 
     **Arguments:**
@@ -139,7 +210,8 @@ def ImplicitAdjoint(rtol: float = 1e-10, atol: float = 1e-12, max_steps: int = 1
       convergence check, which made it 6× slower than BiCGStab on our systems
       (`benchmarks/grad.py`).
 
-    **Returns:** an `optimistix.ImplicitAdjoint` configured with that linear solver.
+    **Returns:** an [`SCFImplicitAdjoint`][nlxc.scf.SCFImplicitAdjoint] (an
+    `optimistix.ImplicitAdjoint`) configured with that linear solver.
 
     **Raises:** `ValueError` for an unknown `method`.
     """
@@ -149,7 +221,7 @@ def ImplicitAdjoint(rtol: float = 1e-10, atol: float = 1e-12, max_steps: int = 1
         solver = lx.GMRES(rtol=rtol, atol=atol, restart=restart, max_steps=max_steps)
     else:
         raise ValueError(f"unknown linear solver {method!r}; use 'bicgstab' or 'gmres'")
-    return optx.ImplicitAdjoint(linear_solver=ZeroSafeSolver(solver))
+    return SCFImplicitAdjoint(linear_solver=ZeroSafeSolver(solver))
 
 
 class UnrolledAdjoint(eqx.Module):

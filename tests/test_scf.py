@@ -225,6 +225,13 @@ def test_open_shell_radicals_converge_from_the_default_guess(name, get_system):
     assert int(result.strategy) in (0, 1, 2)
 
 
+def test_stability_analysis_checks_its_arguments():
+    for kwargs, message in [({"lanczos_steps": 1}, "lanczos_steps"), ({"lanczos_steps": 2.5}, "lanczos_steps"),
+                            ({"step_lengths": ()}, "step_lengths"), ({"step_lengths": (0.1, -0.2)}, "step_lengths")]:
+        with pytest.raises(nlxc.InputError, match=message):
+            nlxc.scf.StabilityAnalysis(**kwargs)
+
+
 def test_iteration_count_never_exceeds_max_steps(get_system):
     for steps in (1, 2, 3, 5):
         result = solve(get_functional("pbe"), get_system("no"), max_steps=steps)

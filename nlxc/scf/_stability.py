@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Scalar
 
+from .._errors import InputError
 from ._aufbau import _lapack_eigh
 from ._base import SCFArguments
 from ._energy import energy_and_fock, energy_components
@@ -86,6 +87,9 @@ class StabilityAnalysis(eqx.Module):
     **Arguments:** `lanczos_steps` (static, default 24), `threshold` (default 1e-4),
     `step_lengths` (static, default `(0.05, 0.1, 0.2, 0.4, 0.8)`), `energy_tol` (Hartree,
     default 1e-9).
+
+    **Raises:** [`nlxc.InputError`][] for `lanczos_steps` not an integer ≥ 2 or `step_lengths`
+    not positive numbers.
     """
 
     lanczos_steps: int = eqx.field(static=True, default=24)
@@ -95,9 +99,9 @@ class StabilityAnalysis(eqx.Module):
 
     def __check_init__(self):
         if isinstance(self.lanczos_steps, bool) or not isinstance(self.lanczos_steps, int) or self.lanczos_steps < 2:
-            raise ValueError(f"lanczos_steps must be an integer ≥ 2, got {self.lanczos_steps!r}")
+            raise InputError(f"lanczos_steps must be an integer ≥ 2, got {self.lanczos_steps!r}")
         if not self.step_lengths or any(not (float(t) > 0) for t in self.step_lengths):
-            raise ValueError(f"step_lengths must be positive numbers, got {self.step_lengths!r}")
+            raise InputError(f"step_lengths must be positive numbers, got {self.step_lengths!r}")
 
     def lowest_eigenvalue(self, density: Float[Array, "2 nao nao"], args: SCFArguments):
         """The lowest eigenvalue of the scaled orbital Hessian at `density` (dimensionless; < 0

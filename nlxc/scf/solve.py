@@ -197,7 +197,8 @@ def solve(
     **Raises:** [`nlxc.InputError`][] (before anything is computed) for a `functional` that is
     not an `AbstractFunctional` instance (a name or a class), a `system` that is not a `System`
     or not in float64, an `initial_density_matrix` of the wrong shape or dtype, a `max_steps`
-    below 1, or a fallback that is not an `AbstractSCFSolver`.
+    below 1, a fallback that is not an `AbstractSCFSolver`, or a `stability` that is not a
+    [`nlxc.scf.StabilityAnalysis`][] or `None`.
     """
     _check_arguments(functional, system, solver, fallback, initial_density_matrix, max_steps)
     if stability is not None and not isinstance(stability, StabilityAnalysis):

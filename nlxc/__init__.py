@@ -11,6 +11,7 @@ from . import batch, data, models, scf, xc  # noqa: E402
 from . import losses  # noqa: E402
 from . import evaluation, train  # noqa: E402
 from ._errors import InputError  # noqa: E402
+from ._version import __version__  # noqa: E402
 from .grid import Density  # noqa: E402
 from .grid_operators import AuxiliaryGridOperators, GridOperatorSpec  # noqa: E402
 from .properties import density_on_grid, dipole_moment, homo_lumo  # noqa: E402
@@ -18,9 +19,8 @@ from .scf import SCFResult, solve  # noqa: E402
 from .system import System, build_mole, mole_from_xyz, pad_system, pad_to_common_shape  # noqa: E402
 from .xc import get_functional  # noqa: E402
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "AuxiliaryGridOperators",
     "GridOperatorSpec",
     "Density",

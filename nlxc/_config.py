@@ -14,19 +14,6 @@ from collections.abc import Mapping
 
 from ._errors import InputError
 
-__all__ = [
-    "ConfigError",
-    "DataConfig",
-    "EvaluationConfig",
-    "LossConfig",
-    "ModelConfig",
-    "OptimizerConfig",
-    "RunConfig",
-    "TrainConfig",
-    "TrainingConfig",
-    "load_config",
-]
-
 
 class ConfigError(InputError):
     """A training configuration with an unknown key or a bad value (one line, names the key)."""

@@ -206,7 +206,7 @@ def _run_scf(args) -> int:
 
     import nlxc  # noqa: F401  (float64)
     from .scf import solve
-    from .scf.cdiis import CDIIS
+    from .scf import CDIIS
     from .system import System, mole_from_xyz
     from .xc import get_functional
 

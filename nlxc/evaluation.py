@@ -1,4 +1,4 @@
-"""Evaluating trained functionals beside PySCF baselines: benchmark sets, held-out errors, plots.
+"""Evaluating trained functionals beside PySCF baselines: benchmark sets, error statistics, tables, plots.
 
 [`evaluate`][nlxc.evaluation.evaluate] (the `nlxc evaluate CHECKPOINT --set NAME` command)
 solves every species of a benchmark set (G2 atomization energies, W4-11, the default set) with
@@ -12,7 +12,6 @@ same set costs only the nlxc SCFs.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -20,11 +19,15 @@ from collections.abc import Sequence
 import equinox as eqx
 import numpy as np
 
+from . import data
 from ._errors import InputError
 from .batch import make_batches, solve_batch
+from .data import KCAL_PER_MOL, DatasetError, check_methods, compute_references
+from .system import MAX_GRID_LEVEL, System, check_basis
+from .xc import required_grid_operators
 
-__all__ = ["BENCHMARK_SETS", "check_request", "common_subset", "error_statistics", "evaluate", "format_table",
-           "plot_learning_curve", "plot_parity"]
+__all__ = ["BENCHMARK_SETS", "baseline_energies", "baseline_label", "check_request", "common_subset",
+           "error_statistics", "evaluate", "format_table", "plot_parity"]
 
 BENCHMARK_SETS = ("default", "g2", "g2_1", "g2_2", "w4-11")
 """Names accepted by [`evaluate`][nlxc.evaluation.evaluate] (and `nlxc evaluate --set`)."""
@@ -33,13 +36,12 @@ _LABELS = {"lda": "LDA", "svwn": "SVWN", "pbe": "PBE", "b3lyp": "B3LYP", "pbe0":
            "blyp": "BLYP", "r2scan": "r2SCAN"}
 
 
-def _label(method: str) -> str:
+def baseline_label(method: str) -> str:
+    """The label of a PySCF baseline method in reports and tables, e.g. `"PBE (PySCF)"`."""
     return _LABELS.get(method.lower(), method) + " (PySCF)"
 
 
 def _benchmark_set(name: str):
-    from . import data
-
     key = name.lower().replace("_", "-") if name.lower().startswith("w4") else name.lower()
     if key == "default":
         return data.default_set()
@@ -62,15 +64,12 @@ def check_request(set_name: str, *, molecules: Sequence[str] | None = None, base
     **Raises:** [`nlxc.InputError`][] for an unknown set, reaction name or baseline method, a
     basis PySCF does not have for the set's elements, or a grid level outside 0–9.
     """
-    from .data._reference import _validate_methods
-    from .system import MAX_GRID_LEVEL, check_basis
-
     bench = _benchmark_set(set_name)
     if molecules:
         bench = bench.subset(list(molecules))
     if baselines:
         try:
-            _validate_methods(list(baselines))
+            check_methods(list(baselines))
         except InputError as err:
             raise InputError(f"baselines: {err}") from None
     if basis is not None:
@@ -94,9 +93,6 @@ def solve_molecules(functional, molecules, basis: str, grid_level: int, *, max_s
     `progress` shows `tqdm` bars on standard error."""
     from tqdm.auto import tqdm
 
-    from .grid_operators import required_grid_operators
-    from .system import System
-
     molecules = list(molecules)
     spec = required_grid_operators(functional)
     systems = [System.from_pyscf(m.to_mole(basis), grid_level=grid_level, grid_operators=spec if spec else None)
@@ -113,9 +109,15 @@ def solve_molecules(functional, molecules, basis: str, grid_level: int, *, max_s
     return energies, converged
 
 
-def _pyscf_energies(molecules, methods, basis, grid_level, cache: str, processes: int = 1, progress: bool = False):
-    from .data import DatasetError, compute_references
+def baseline_energies(molecules, methods: Sequence[str], basis: str, grid_level: int, cache: str, processes: int = 1,
+                      progress: bool = False) -> dict[str, dict[str, float]]:
+    """Total energies (Hartree) of PySCF baseline `methods` for [`nlxc.data.Molecule`][]s, by
+    method and molecule name, computed by [`nlxc.data.compute_references`][] into (or read from)
+    the HDF5 file `cache`.
 
+    **Raises:** [`nlxc.data.DatasetError`][] if a cached entry fails its SHA-256 check (the
+    message says to delete the cache), and what `compute_references` raises.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
     dataset = compute_references(list(molecules), cache, methods=list(methods), basis=basis, grid_level=grid_level,
                                  processes=processes, progress=progress)
@@ -178,17 +180,15 @@ def evaluate(functional, *, set_name: str, basis: str, grid_level: int, molecule
     `nlxc.evaluation.check_request` raises it: for an unknown set, reaction
     name or baseline method, an unknown basis, or a grid level outside 0–9.
     """
-    from .data import KCAL_PER_MOL
-
     bench = check_request(set_name, molecules=molecules, baselines=baselines, basis=basis, grid_level=grid_level)
     cache = cache or f"nlxc-evaluation-{set_name.lower()}-{basis.lower()}-{grid_level}.h5"
     energies, converged = solve_molecules(functional, bench.molecules, basis, grid_level, max_steps=max_steps,
                                           progress=progress)
     methods = {label: (energies, converged)}
     if baselines:
-        pyscf = _pyscf_energies(bench.molecules, baselines, basis, grid_level, cache, processes, progress)
+        pyscf = baseline_energies(bench.molecules, baselines, basis, grid_level, cache, processes, progress)
         for m in baselines:
-            methods[_label(m)] = (pyscf[m], {n: True for n in pyscf[m]})
+            methods[baseline_label(m)] = (pyscf[m], {n: True for n in pyscf[m]})
     reference = {r.name: r.reference / KCAL_PER_MOL for r in bench.reactions}
     out = {"set": bench.name, "basis": basis, "grid_level": grid_level,
            "reactions": [r.name for r in bench.reactions], "methods": {}, "excluded": {},
@@ -216,109 +216,6 @@ def common_subset(report: dict) -> dict:
     shared = [r for r in report["reactions"] if all(r in report["per_reaction"][m] for m in methods)]
     reference = report["per_reaction"]["reference"]
     return {m: error_statistics(report["per_reaction"][m][r] - reference[r] for r in shared) for m in methods}
-
-
-# --------------------------------------------------------------------------------------------
-# Held-out report of a training run
-# --------------------------------------------------------------------------------------------
-
-
-def held_out_report(config, prepared, energies, converged, initial_energies, out: str) -> dict:
-    """Errors on the test split (kcal/mol) of the trained functional, the initial one and the
-    PySCF baselines; written to `results.json` and `results.md`, printed, and plotted."""
-    from .data import KCAL_PER_MOL
-    from .train import SPLITS
-
-    test = [n for n in prepared.names if prepared.split_of[n] == "test"]
-    split = "test"
-    if not test:
-        test = [n for n in prepared.names if prepared.split_of[n] == "validation"]
-        split = "validation"
-    needed = set(test) | {m for r, counts in zip(prepared.reaction_names, prepared.reaction_species)
-                          if r in test for m in counts}
-    molecules = [prepared.dataset.molecule(n) for n in prepared.names if n in needed]
-    methods = {"nlxc (trained)": (energies, converged)}
-    if initial_energies is not None:
-        methods["nlxc (initial)"] = (initial_energies, {n: True for n in initial_energies})
-    baselines = list(config.evaluation.baselines)
-    if baselines and molecules:
-        pyscf = _pyscf_energies(molecules, baselines, prepared.dataset.basis, prepared.dataset.grid_level,
-                                os.path.join(out, "baselines.h5"))
-        for m in baselines:
-            methods[_label(m)] = (pyscf[m], {n: True for n in pyscf[m]})
-    reactions = [(r, counts, ref) for r, counts, ref in
-                 zip(prepared.reaction_names, prepared.reaction_species, prepared.reaction_reference) if r in test]
-    target = config.data.target
-    report = {"split": split, "target": target, "atomization_reference": config.data.atomization_reference,
-              "basis": prepared.dataset.basis,
-              "grid_level": prepared.dataset.grid_level, "molecules": test,
-              "splits": {s: [n for n in prepared.names if prepared.split_of[n] == s] for s in SPLITS + ("shared",)},
-              "atomization": {}, "total_energy": {}, "not_converged": {}, "per_molecule": {}}
-    for name, (e, c) in methods.items():
-        bad = sorted(n for n in needed if not c.get(n, False))
-        ok = [(r, counts, ref) for r, counts, ref in reactions if all(c.get(m, False) for m in counts)]
-        atom = {r: sum(k * e[m] for m, k in counts.items()) for r, counts, _ in ok}
-        report["atomization"][name] = error_statistics((atom[r] - ref) / KCAL_PER_MOL for r, _, ref in ok)
-        report["total_energy"][name] = error_statistics((e[n] - prepared.target_energy[n]) / KCAL_PER_MOL
-                                              for n in test if c.get(n, False))
-        report["not_converged"][name] = bad
-        report["per_molecule"][name] = {r: atom[r] / KCAL_PER_MOL for r in atom}
-    report["per_molecule"]["reference"] = {r: ref / KCAL_PER_MOL for r, _, ref in reactions}
-
-    atomization_source = ("experimental G2 atomization energies"
-                          if config.data.atomization_reference == "experiment" else
-                          f"{target.upper()}/{prepared.dataset.basis}")
-    title = (f"held-out ({split}) molecules: {', '.join(test)}\n"
-             f"errors in kcal/mol against {atomization_source} (atomization), {target.upper()}/"
-             f"{prepared.dataset.basis} (total energies); grid level {prepared.dataset.grid_level}")
-    text = [title, ""]
-    if reactions:
-        text.append(format_table(list(report["atomization"].items()), "atomization energies"))
-        text.append("")
-    text.append(format_table(list(report["total_energy"].items()), "total energies"))
-    for name, bad in report["not_converged"].items():
-        if bad:
-            text.append(f"{name}: SCF not converged for {', '.join(bad)} (left out)")
-    table = "\n".join(text)
-    print(table)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("```\n" + table + "\n```\n")
-    if config.training.plots and reactions:
-        plot_parity(report["per_molecule"], os.path.join(out, "parity.png"),
-                    title=f"{split} atomization energies vs {atomization_source}")
-    return report
-
-
-def plot_learning_curve(metrics_path: str, path: str) -> None:
-    """Loss of each split and the atomization / total-energy MAE against the step (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(metrics_path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    if not records:
-        return
-    steps = [r["step"] for r in records]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for split in ("train", "validation", "test"):
-        values = [r["loss"][split] for r in records]
-        if any(v > 0 for v in values):
-            axes[0].semilogy(steps, values, label=split)
-        key = "atomization" if not math.isnan(records[-1]["mae_kcal"][split]["atomization"]) else "total_energy"
-        mae = [r["mae_kcal"][split][key] for r in records]
-        if not all(math.isnan(v) for v in mae):
-            axes[1].plot(steps, mae, label=f"{split} ({key.replace('_', ' ')})")
-    axes[0].set(xlabel="step", ylabel="loss (Hartree²)", title="loss")
-    axes[1].set(xlabel="step", ylabel="MAE (kcal/mol)", title="mean absolute error")
-    for ax in axes:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_parity(per_molecule: dict, path: str, title: str = "") -> None:

@@ -325,17 +325,14 @@ def _check_against_cderi(mol, auxmol, kind, factor, cderi):
 
 
 def required_grid_operators(functional) -> GridOperatorSpec:
-    """The union of the `required_grid_operators` of every part of `functional`.
+    """The auxiliary-basis grid operators a System needs for `functional` (all its parts).
 
-    Walks the functional's tree (sums, scaled terms, models) and combines, with `|`, the
-    [`nlxc.GridOperatorSpec`][] of every sub-module that declares one (e.g.
-    [`nlxc.models.LocalHybrid`][]). Returns an empty spec when no part needs grid operators.
+    This is the functional's declared
+    [`required_grid_operators`][nlxc.xc.AbstractFunctional.required_grid_operators] property
+    (empty for functionals that need none; sums and scaled terms combine those of their parts
+    with `|`), so e.g. `required_grid_operators(pbe + 0.5 * LocalHybrid(...))` is what the
+    `LocalHybrid` needs. `functional` is an [`nlxc.xc.AbstractFunctional`][]; this module sits
+    below `nlxc.xc` and only reads the property. Also importable as
+    `nlxc.xc.required_grid_operators` and `nlxc.interop.required_grid_operators`.
     """
-    spec = GridOperatorSpec()
-    has_spec = lambda x: isinstance(getattr(type(x), "required_grid_operators", None), property)  # noqa: E731
-    for part in jax.tree_util.tree_leaves(functional, is_leaf=has_spec):
-        if has_spec(part):
-            spec = spec | part.required_grid_operators
-    return spec
-
-
+    return functional.required_grid_operators

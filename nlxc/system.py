@@ -19,9 +19,9 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from ._errors import InputError
+from .constants import ANGSTROM_TO_BOHR
 from .grid_operators import AuxiliaryGridOperators, GridOperatorSpec, build_grid_operators
 
-ANGSTROM_TO_BOHR = 1.0 / 0.52917721092  # PySCF's param.BOHR (CODATA 2010)
 MIN_ATOM_DISTANCE_ANGSTROM = 0.1
 MAX_GRID_LEVEL = 9
 

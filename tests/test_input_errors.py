@@ -262,7 +262,7 @@ def test_evaluate_checks_baselines_before_any_scf(monkeypatch):
         raise AssertionError("an SCF ran before the arguments were checked")
 
     monkeypatch.setattr(evaluation, "solve_molecules", no_scf)
-    monkeypatch.setattr(evaluation, "_pyscf_energies", no_scf)
+    monkeypatch.setattr(evaluation, "baseline_energies", no_scf)
     with pytest.raises(InputError, match=r"baselines: unknown method 'pbee'"):
         evaluation.evaluate(nlxc.get_functional("lda"), set_name="default", basis="6-31g", grid_level=1,
                             molecules=["LiH"], baselines=["pbe", "pbee"])

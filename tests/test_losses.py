@@ -15,7 +15,7 @@ the SCF losses are solved to max|ΔP| < 1e-11. Measured agreement 1e-9 to 1e-13;
 relative 1e-6.
 
 Compile time dominates, so every group of losses is compiled once and evaluated at the shifted
-parameters with the same program: the SCF losses share one SCF (`result=`), the fixed-density
+parameters with the same program: the SCF losses share one SCF result, the fixed-density
 losses and penalties share one program, the trajectory loss and the derivative loss have one
 each. PySCF runs with one OpenMP thread (tiny molecules; its threads busy-wait on a loaded
 machine).
@@ -33,7 +33,7 @@ import pytest
 import nlxc
 from nlxc import losses
 from nlxc.batch import make_batches, solve_batch
-from nlxc.scf import DIIS
+from nlxc.scf import DIIS, UnrolledAdjoint
 from nlxc.xc import AbstractFunctional, AbstractSemilocalFunctional, SlaterExchange, VWNRPACorrelation
 from nlxc.xc.hybrid import exact_exchange_energy
 
@@ -226,11 +226,11 @@ def _scf_losses(params, static, batch, targets, reactions):
     f = eqx.combine(params, static)
     result = solve_batch(f, batch.system, solver=SOLVER)
     values = jnp.stack([
-        losses.energy_loss(f, batch, targets, result=result),
-        losses.energy_loss(f, batch, targets, kind="huber", delta=0.05, result=result),
-        losses.density_loss(f, batch, targets, result=result),
-        losses.density_loss(f, batch, targets, metric="coulomb", result=result),
-        losses.reaction_loss(f, batch, reactions, results=result),
+        losses.energy_loss(result, batch, targets),
+        losses.energy_loss(result, batch, targets, kind="huber", delta=0.05),
+        losses.density_loss(result, batch, targets),
+        losses.density_loss(result, batch, targets, metric="coulomb"),
+        losses.reaction_loss(result, batch, reactions),
     ])
     return values, (result.energy, result.density_matrix, result.converged, result.n_iterations)
 
@@ -318,8 +318,8 @@ TRAJECTORY_STEPS = 20
 
 def _trajectory(params, static, batch, targets, weights):
     f = eqx.combine(params, static)
-    value = losses.trajectory_loss(f, batch, targets, max_steps=TRAJECTORY_STEPS, weights=weights,
-                                   density_weight=1.0, solve_kwargs={"solver": SOLVER})
+    result = solve_batch(f, batch.system, solver=SOLVER, adjoint=UnrolledAdjoint(), max_steps=TRAJECTORY_STEPS)
+    value = losses.trajectory_loss(result, batch, targets, weights=weights, density_weight=1.0)
     return value[None], None
 
 
@@ -370,11 +370,11 @@ def _fixed_losses(params, static, batch, targets, polarised):
     values = jnp.stack([
         losses.non_self_consistent_loss(f, batch, targets),
         losses.non_self_consistent_loss(f, batch, targets, kind="mae"),
-        losses.uniform_gas_penalty(f.local, RS, ZETA),
-        over(losses.correlation_sign_penalty, correlation),
-        over(losses.lieb_oxford_penalty, strong),
-        over(functools.partial(losses.lieb_oxford_penalty, bound=0.5), f),  # global form (a hybrid)
-        losses.penalty_over_batch(losses.spin_scaling_penalty, f.local, batch, polarised),
+        nlxc.xc.uniform_gas_penalty(f.local, RS, ZETA),
+        over(nlxc.xc.correlation_sign_penalty, correlation),
+        over(nlxc.xc.lieb_oxford_penalty, strong),
+        over(functools.partial(nlxc.xc.lieb_oxford_penalty, bound=0.5), f),  # global form (a hybrid)
+        losses.penalty_over_batch(nlxc.xc.spin_scaling_penalty, f.local, batch, polarised),
     ])
     return values, None
 
@@ -414,19 +414,19 @@ def test_penalties_vanish_when_the_constraint_holds(data):
     s = data["systems"][2]
     p = jnp.asarray(entry(data, 2).density_matrix)
     lsda = SemilocalSum(coefficients=[1.0, 1.0], terms=(SlaterExchange(), PW92Correlation()))
-    assert float(losses.uniform_gas_penalty(lsda, RS, ZETA)) == 0.0
-    assert float(losses.uniform_gas_penalty(SlaterExchange(), RS, ZETA, reference=SlaterExchange())) == 0.0
-    assert float(losses.correlation_sign_penalty(VWNRPACorrelation(), s, p)) == 0.0
-    assert float(losses.lieb_oxford_penalty(lsda, s, p)) == 0.0
+    assert float(nlxc.xc.uniform_gas_penalty(lsda, RS, ZETA)) == 0.0
+    assert float(nlxc.xc.uniform_gas_penalty(SlaterExchange(), RS, ZETA, reference=SlaterExchange())) == 0.0
+    assert float(nlxc.xc.correlation_sign_penalty(VWNRPACorrelation(), s, p)) == 0.0
+    assert float(nlxc.xc.lieb_oxford_penalty(lsda, s, p)) == 0.0
     polarised = p * jnp.array([1.0, 0.6])[:, None, None]
-    assert float(losses.spin_scaling_penalty(SlaterExchange(), s, polarised)) < 1e-24
-    assert float(losses.spin_scaling_penalty(nlxc.xc.HF(), s, polarised)) < 1e-24
-    assert float(losses.spin_scaling_penalty(PW92Correlation(), s, polarised)) > 1e-6
+    assert float(nlxc.xc.spin_scaling_penalty(SlaterExchange(), s, polarised)) < 1e-24
+    assert float(nlxc.xc.spin_scaling_penalty(nlxc.xc.HF(), s, polarised)) < 1e-24
+    assert float(nlxc.xc.spin_scaling_penalty(PW92Correlation(), s, polarised)) > 1e-6
     e_c = nlxc.scf.energy_components(PW92Correlation(), s, p).xc
     minus = Scaled(jnp.asarray(-1.0), PW92Correlation())  # not semilocal: the global form
-    assert float(losses.correlation_sign_penalty(minus, s, p)) == pytest.approx(float(e_c) ** 2, rel=1e-12)
+    assert float(nlxc.xc.correlation_sign_penalty(minus, s, p)) == pytest.approx(float(e_c) ** 2, rel=1e-12)
     with pytest.raises(nlxc.InputError, match="semilocal"):
-        losses.uniform_gas_penalty(nlxc.xc.HF(), RS)
+        nlxc.xc.uniform_gas_penalty(nlxc.xc.HF(), RS)
 
 
 def test_size_consistency_penalty(data):
@@ -444,7 +444,7 @@ def test_size_consistency_penalty(data):
         def __call__(self, density, density_matrix, system):
             return -SlaterExchange()(density, density_matrix, system) ** 2
 
-    penalty = eqx.filter_jit(losses.size_consistency_penalty)
+    penalty = eqx.filter_jit(nlxc.xc.size_consistency_penalty)
     e_x = float(nlxc.scf.energy_components(SlaterExchange(), h2, p).xc)
     small = float(penalty(nlxc.get_functional("svwn"), (dimer, p2), [(h2, p), (h2, p)]))
     large = float(penalty(Squared(), (dimer, p2), [(h2, p), (h2, p)]))
@@ -594,31 +594,38 @@ def test_orbital_hessian_unrestricted_matches_pyscf(data):
 def test_bad_inputs_raise_one_line_errors(data):
     batch, targets = data["batch"], data["targets"]
     f = model()
+    # SCF results as shapes only (the checks are static): one implicit, one unrolled for 5 steps,
+    # and one of a batch of 3
+    result = eqx.filter_eval_shape(solve_batch, f, batch.system, solver=SOLVER)
+    unrolled = eqx.filter_eval_shape(solve_batch, f, batch.system, adjoint=UnrolledAdjoint(), max_steps=5)
+    result3 = jax.tree.map(lambda x: jax.ShapeDtypeStruct((3,) + x.shape[1:], x.dtype), result)
     short = losses.Targets(energy=targets.energy[:3])
     cases = [
-        (lambda: losses.energy_loss(f, batch, short), "batch has 4 entries"),
-        (lambda: losses.energy_loss(f, batch, targets, kind="rmse"), "unknown kind 'rmse'"),
-        (lambda: losses.energy_loss(f, batch, targets, reduction="median"), "unknown reduction"),
-        (lambda: losses.density_loss(f, batch, targets, reduction="median"), "unknown reduction"),
-        (lambda: losses.reaction_loss(f, batch, data["reactions"], reduction="median"), "unknown reduction"),
+        (lambda: losses.energy_loss(result, batch, short), "batch has 4 entries"),
+        (lambda: losses.energy_loss(result, batch, targets, kind="rmse"), "unknown kind 'rmse'"),
+        (lambda: losses.energy_loss(result, batch, targets, reduction="median"), "unknown reduction"),
+        (lambda: losses.density_loss(result, batch, targets, reduction="median"), "unknown reduction"),
+        (lambda: losses.reaction_loss(result, batch, data["reactions"], reduction="median"), "unknown reduction"),
         (lambda: losses.non_self_consistent_loss(f, batch, targets, reduction="median"), "unknown reduction"),
-        (lambda: losses.energy_loss(f, batch.system, targets), "expected an nlxc.batch.Batch"),
-        (lambda: losses.density_loss(f, batch, targets, metric="l1"), "unknown metric"),
-        (lambda: losses.density_loss(f, batch, losses.Targets(energy=targets.energy)), "needs targets.density_matrix"),
+        (lambda: losses.energy_loss(result, batch.system, targets), "expected an nlxc.batch.Batch"),
+        (lambda: losses.energy_loss(f, batch, targets), "result must be the batch's nlxc.SCFResult"),
+        (lambda: losses.energy_loss(result3, batch, targets), "result has energies of shape"),
+        (lambda: losses.reaction_loss([result, result], batch, data["reactions"]), "2 results for 1 batches"),
+        (lambda: losses.density_loss(result, batch, targets, metric="l1"), "unknown metric"),
+        (lambda: losses.density_loss(result, batch, losses.Targets(energy=targets.energy)),
+         "needs targets.density_matrix"),
         (lambda: losses.non_self_consistent_loss(
             f, batch, dataclasses.replace(targets, density_matrix=targets.density_matrix[:, :, :5, :5])),
          "expected"),
         (lambda: losses.density_difference(batch.system, targets.density_matrix, targets.density_matrix,
                                            negative_weights="drop"), "unknown negative_weights"),
-        (lambda: losses.trajectory_loss(f, batch, targets, max_steps=5, weights=jnp.ones(4)), "shape"),
-        (lambda: losses.trajectory_loss(f, batch, targets, solve_kwargs={"adjoint": None}),
-         "needs an nlxc.scf.UnrolledAdjoint"),
-        (lambda: losses.trajectory_loss(f, batch, targets, solve_kwargs={"max_steps": 3}), "sets max_steps"),
+        (lambda: losses.trajectory_loss(unrolled, batch, targets, weights=jnp.ones(4)), "shape"),
+        (lambda: losses.trajectory_loss(result, batch, targets), "needs an nlxc.scf.UnrolledAdjoint"),
         (lambda: losses.trajectory_weights(5, discount=1.5), "discount"),
         (lambda: losses.derivative_loss(f, batch, targets), "needs targets.rotations"),
         (lambda: losses.derivative_loss(f, batch, targets, gradient_weight=0, hessian_weight=0), "both zero"),
         (lambda: losses.Reactions(jnp.ones((2, 3)), jnp.ones(3)), "do not match"),
-        (lambda: losses.reaction_loss(f, batch, losses.Reactions(jnp.ones((1, 2)), jnp.ones(1))), "beyond"),
+        (lambda: losses.reaction_loss(result, batch, losses.Reactions(jnp.ones((1, 2)), jnp.ones(1))), "beyond"),
         (lambda: losses.Targets.from_entries(batch, {0: entry(data, 1), 1: entry(data, 1), 2: entry(data, 2)}),
          "basis functions"),
         (lambda: losses.Targets.from_entries(batch, {0: entry(data, 0)}), "no reference entry"),

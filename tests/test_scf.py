@@ -144,7 +144,7 @@ def test_zero_safe_solver_answers_trivial_right_hand_sides():
     the wrapper returns the exact solutions 0 and b, and solves everything else as before."""
     import lineax as lx
 
-    from nlxc.scf.adjoint import ZeroSafeSolver
+    from nlxc.scf import ZeroSafeSolver
 
     a = lx.MatrixLinearOperator(jnp.diag(jnp.array([1.0, 2.0, 3.0])))
     eigen = jnp.array([1.0, 0.0, 0.0])

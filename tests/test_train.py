@@ -329,7 +329,7 @@ def test_failed_steps_keep_the_last_good_state_and_stop_with_exit_1(dataset_path
 def test_a_failed_step_keeps_its_parameters_and_the_run_goes_on(dataset_path, uninterrupted, tmp_path):
     """NaN SCF starting points (a resumed state) make one step fail; it keeps its parameters and
     the next step, from the Systems' initial guesses, takes the same parameters on."""
-    from nlxc.train import _read_sidecar, _write_checkpoint
+    from nlxc.train._checkpoint import _read_sidecar, _write_checkpoint
 
     out_a, _ = uninterrupted
     out = tmp_path / "nan-guesses"

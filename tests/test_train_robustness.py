@@ -146,13 +146,30 @@ MODEL = {"baseline": "pbe", "correction": "AtomCentredCorrection",
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    from nlxc.train import _save_functional
+    from nlxc.train._checkpoint import _save_functional
 
     config = TrainConfig.from_dict({"run": {"output_dir": str(tmp_path)}, "model": MODEL})
     functional, _ = build_functional(config.model, config.run.seed)
     path = tmp_path / "best.eqx"
     _save_functional(str(path), config, functional, {"best_step": 0, "best_value": 1.0, "steps": 0})
     return path, functional
+
+
+@pytest.mark.parametrize("name", ["AtomCentredCorrection-pbe", "LocalHybrid-pbe", "ConstrainedMetaGGA-none"])
+def test_checkpoints_of_the_previous_layout_load(name):
+    """Checkpoints written by nlxc at e355430 (before nlxc/train.py and nlxc/losses.py became
+    packages, tests/data/checkpoints_e355430/README.md) load, with the leaves of a fresh build of
+    their configuration (seed 0, as they were written)."""
+    import equinox as eqx
+    import jax
+
+    path = os.path.join(os.path.dirname(__file__), "data", "checkpoints_e355430", f"{name}.eqx")
+    loaded, config = load_checkpoint(path)
+    fresh, _ = build_functional(config.model, config.run.seed)
+    assert type(loaded) is type(fresh)
+    for a, b in zip(jax.tree.leaves(eqx.filter(loaded, eqx.is_inexact_array)),
+                    jax.tree.leaves(eqx.filter(fresh, eqx.is_inexact_array)), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_checkpoint_round_trip_and_sidecar_digest(checkpoint):
@@ -212,7 +229,7 @@ def test_damaged_sidecar_gives_one_line(checkpoint, damage, message):
 def test_kill_between_the_two_renames_leaves_the_previous_checkpoint(checkpoint):
     """The sidecar is renamed into place first and also names the previous digest: a kill before
     the checkpoint's own rename leaves the previous, complete checkpoint, which loads."""
-    from nlxc.train import _save_functional
+    from nlxc.train._checkpoint import _save_functional
 
     path, functional = checkpoint
     old = path.read_bytes()
@@ -233,7 +250,7 @@ def test_checkpoint_of_the_previous_format_still_loads(checkpoint):
 
 
 def test_resumable_state_is_not_a_functional(tmp_path):
-    from nlxc.train import _write_checkpoint
+    from nlxc.train._checkpoint import _write_checkpoint
 
     config = TrainConfig.from_dict({"model": MODEL})
     _write_checkpoint(str(tmp_path / "last.eqx"), (np.zeros(3),), {"kind": "state", "config": config.to_dict()})
@@ -274,7 +291,7 @@ def test_foreign_files_in_output_dir_are_never_overwritten(tmp_path, capsys):
 
 
 def test_foreign_file_in_a_resumable_run_is_refused(tmp_path):
-    from nlxc.train import _write_checkpoint, _write_json
+    from nlxc.train._checkpoint import _write_checkpoint, _write_json
 
     out = tmp_path / "run"
     out.mkdir()
@@ -289,7 +306,7 @@ def test_foreign_file_in_a_resumable_run_is_refused(tmp_path):
 
 
 def test_corrupt_resumable_checkpoint_is_refused_before_any_work(tmp_path):
-    from nlxc.train import _write_checkpoint, _write_json
+    from nlxc.train._checkpoint import _write_checkpoint, _write_json
 
     out = tmp_path / "run"
     out.mkdir()
@@ -311,7 +328,8 @@ def test_corrupt_resumable_checkpoint_is_refused_before_any_work(tmp_path):
 
 def test_moved_run_directory_is_resumable(tmp_path, monkeypatch):
     """The checkpoint of a run made in another directory (or named by another path) is accepted."""
-    from nlxc.train import _check_output_dir, _write_checkpoint, _write_json
+    from nlxc.train._trainer import _check_output_dir
+    from nlxc.train._checkpoint import _write_checkpoint, _write_json
 
     out = tmp_path / "moved"
     out.mkdir()
@@ -326,7 +344,7 @@ def test_moved_run_directory_is_resumable(tmp_path, monkeypatch):
 
 
 def test_metrics_log_cut_short_by_a_kill(tmp_path):
-    from nlxc.train import _metrics_before
+    from nlxc.train._trainer import _metrics_before
 
     path = tmp_path / "metrics.jsonl"
     path.write_bytes(b'{"step": 0}\n{"step": 1}\n{"step": 2}\n{"st')
@@ -337,7 +355,7 @@ def test_metrics_log_cut_short_by_a_kill(tmp_path):
 
 
 def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
-    from nlxc.train import _write_bytes
+    from nlxc.train._checkpoint import _write_bytes
 
     target = tmp_path / "last.eqx"
     target.write_bytes(b"old")
@@ -358,7 +376,7 @@ def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_interrupt_lost_in_a_gc_callback_is_raised_again():
-    from nlxc.train import _InterruptGuard
+    from nlxc.train._trainer import _InterruptGuard
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     swallowed = []
@@ -424,7 +442,7 @@ def _tampered_copy(source, tmp_path, edit):
     lambda g: g["density_matrix"].__setitem__((0, 0, 0), g["density_matrix"][0, 0, 0] + 1e-3),
 ], ids=["energy", "density"])
 def test_tampered_evaluation_cache_is_refused(cache, tmp_path, edit):
-    from nlxc.evaluation import _pyscf_energies
+    from nlxc.evaluation import baseline_energies
 
     path, molecules = cache
     assert set(ReferenceDataset(path).energies("pbe")) == {"H2", "H"}
@@ -434,7 +452,7 @@ def test_tampered_evaluation_cache_is_refused(cache, tmp_path, edit):
         dataset.energies("pbe")
     assert tampered in _one_line(info)
     with pytest.raises(DatasetError, match=r"delete the cache file") as info:
-        _pyscf_energies(molecules, ["pbe"], "sto-3g", 0, tampered)
+        baseline_energies(molecules, ["pbe"], "sto-3g", 0, tampered)
     assert tampered in _one_line(info)
 
 

@@ -35,7 +35,6 @@ import tomllib
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HARTREE_TO_KCAL = 627.509474
 AU_TO_DEBYE = 2.541746
 
 
@@ -150,8 +149,8 @@ def make_step(static, optimizer, loss_kind: str, pcfg: dict, tcfg: dict):
             # warm start from the B3LYP density (same fixed point, fewer iterations)
             result = eqx.filter_vmap(lambda s, p0: nlxc.solve(f, s, initial_density_matrix=p0, max_steps=max_steps,
                                                                adjoint=adjoint))(batch.system, target.density_matrix)
-            le = losses.energy_loss(f, batch, target, result=result)
-            ld = losses.density_loss(f, batch, target, metric=pcfg["density_metric"], result=result)
+            le = losses.energy_loss(result, batch, target)
+            ld = losses.density_loss(result, batch, target, metric=pcfg["density_metric"])
             total = pcfg["energy_weight"] * le + pcfg["density_weight"] * ld
             err = jnp.where(batch.mask, result.energy - target.energy, 0.0)
             ok = jnp.all(jnp.where(batch.mask, result.converged, True))
@@ -285,6 +284,8 @@ def pyscf_b3lyp_cycles(mol, dm_totals: dict, grid_level, conv_tol, max_cycle):
 
 
 def summarise(ev, names, e_ref):
+    from nlxc.constants import KCAL_PER_MOL  # Hartree per kcal/mol
+
     n = len(names)
     conv = np.asarray(ev["converged"])[:n]
     err = np.asarray(ev["energy"])[:n] - e_ref
@@ -309,7 +310,7 @@ def summarise(ev, names, e_ref):
             "n_converged": int(ok.sum()), "n_molecules": n,
             "not_converged": [names[i] for i in range(n) if not ok[i]],
             "energy_mae_mha": float(1e3 * np.mean(np.abs(err[sel]))) if len(sel) else float("nan"),
-            "energy_mae_kcal": float(HARTREE_TO_KCAL * np.mean(np.abs(err[sel]))) if len(sel) else float("nan"),
+            "energy_mae_kcal": float(np.mean(np.abs(err[sel])) / KCAL_PER_MOL) if len(sel) else float("nan"),
             "energy_max_abs_mha": float(1e3 * np.max(np.abs(err[sel]))) if len(sel) else float("nan"),
             "density_driven_error_mha": mean("density_driven_error_mha"),
             "energy_at_reference_density_mae_mha": float(np.mean(np.abs(

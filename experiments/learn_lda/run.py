@@ -62,7 +62,7 @@ from tqdm import tqdm  # noqa: E402
 
 import nlxc  # noqa: E402  (switches JAX to float64)
 from nlxc.models import MLP  # noqa: E402
-from nlxc.xc._base import AbstractSemilocalFunctional  # noqa: E402
+from nlxc.xc import AbstractSemilocalFunctional  # noqa: E402
 from nlxc.xc.lda import RS_FACTOR, spin_variables  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -233,7 +233,7 @@ def ks_objective(model, batches, targets, max_steps):
     total, count, aux = 0.0, 0.0, []
     for b, t in zip(batches, targets):
         res = nlxc.batch.solve_batch(model, b.system, max_steps=max_steps, adjoint=ADJOINT)
-        total = total + nlxc.losses.energy_loss(model, b, t, result=res, reduction="sum")
+        total = total + nlxc.losses.energy_loss(res, b, t, reduction="sum")
         count = count + jnp.sum(b.mask)
         aux.append((res.density_matrix, res.converged))
     return total / count, tuple(aux)
@@ -386,7 +386,7 @@ def _loss_check(method, model, data, forward):
     total, count = 0.0, 0
     for b, t, tdm in zip(data.batches, data.targets, data.targets_dm):
         if method == "ks":
-            v = nlxc.losses.energy_loss(model, b, t, result=forward(model, b.system), reduction="sum")
+            v = nlxc.losses.energy_loss(forward(model, b.system), b, t, reduction="sum")
         else:
             v = nlxc.losses.non_self_consistent_loss(model, b, tdm, reduction="sum")
         total += float(v)

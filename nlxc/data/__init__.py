@@ -24,6 +24,7 @@ from ._reference import (
     ReferenceComputationError,
     ReferenceDataset,
     ReferenceEntry,
+    check_methods,
     compute_references,
 )
 from ._sets import (
@@ -53,6 +54,7 @@ __all__ = [
     "ReferenceDataset",
     "ReferenceEntry",
     "atomization_reactions",
+    "check_methods",
     "compute_references",
     "default_dataset",
     "default_set",

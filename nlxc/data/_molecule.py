@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .._errors import InputError
+from ..system import build_mole
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -77,8 +78,6 @@ class Molecule:
 
     def to_mole(self, basis: str):
         """A validated PySCF `Mole` (see [`nlxc.build_mole`][] for the errors raised)."""
-        from ..system import build_mole
-
         try:
             return build_mole(self.geometry, basis, charge=self.charge, spin=self.spin)
         except InputError as err:

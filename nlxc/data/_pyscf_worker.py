@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import numpy as np
 
-CORRELATED_METHODS = ("mp2", "ccsd", "ccsd(t)")
+from ..system import BASIS_SET_EXCHANGE_WARNING
+from ._molecule import Molecule
+
+CORRELATED_METHODS = ("mp2", "ccsd", "ccsd(t)")  # post-HF methods, run on one shared HF solution
 SCF_CONV_TOL = 1e-10  # Hartree, SCF energy change
 SCF_MAX_CYCLE = 100
 CC_CONV_TOL = 1e-9  # Hartree, CCSD energy change
 CC_CONV_TOL_NORMT = 1e-7  # CCSD amplitude change
-
-
-# the same pattern as nlxc.system.BASIS_SET_EXCHANGE_WARNING (not imported: that pulls in JAX)
-_BASIS_SET_EXCHANGE_WARNING = r"(Basis|ECP) may be available in basis-set-exchange"
 
 
 def init_worker(single_thread: bool) -> None:
@@ -38,7 +37,7 @@ def init_worker(single_thread: bool) -> None:
     "install basis-set-exchange" hint (printed by every `df.make_auxbasis`) silenced."""
     import warnings
 
-    warnings.filterwarnings("ignore", message=_BASIS_SET_EXCHANGE_WARNING, category=UserWarning)
+    warnings.filterwarnings("ignore", message=BASIS_SET_EXCHANGE_WARNING, category=UserWarning)
     if single_thread:
         from pyscf import lib
 
@@ -46,8 +45,6 @@ def init_worker(single_thread: bool) -> None:
 
 
 def _mole(job):
-    from ._molecule import Molecule
-
     m = job["molecule"]
     molecule = Molecule(m["name"], tuple(m["symbols"]), np.asarray(m["positions"], float),
                         m["charge"], m["spin"])

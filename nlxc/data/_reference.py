@@ -32,12 +32,15 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from .._errors import InputError
+from .._version import __version__
+from ..system import quiet_basis_lookup
+from . import _pyscf_worker
 from ._molecule import Molecule
+from ._pyscf_worker import CORRELATED_METHODS
 
 FORMAT = "nlxc-reference"
 FORMAT_VERSION = 1
 AUXBASIS_LABEL = "make_auxbasis (JK-fit)"
-CORRELATED_METHODS = ("mp2", "ccsd", "ccsd(t)")
 _ARRAY_NAMES = ("density_matrix", "fock_matrix", "orbital_energies", "orbital_coefficients",
                 "occupations")
 
@@ -222,8 +225,14 @@ def _validate_name(name) -> str:
     return name
 
 
-def _validate_methods(methods: Sequence[str]) -> list[str]:
-    """Methods as given (stripped), deduplicated by canonical form; `InputError` if unknown."""
+def check_methods(methods: Sequence[str]) -> list[str]:
+    """Methods as given (stripped), deduplicated by canonical form (case, spaces).
+
+    A method is `"hf"`, one of the correlated methods (`"mp2"`, `"ccsd"`, `"ccsd(t)"`) or an
+    exchange-correlation functional that PySCF's libxc interface parses.
+
+    **Raises:** [`nlxc.InputError`][] naming the first unknown method.
+    """
     from pyscf.dft import libxc
 
     if isinstance(methods, str):
@@ -409,7 +418,7 @@ def compute_references(
     grid_level = int(grid_level)
     if isinstance(processes, bool) or not isinstance(processes, (int, np.integer)) or processes < 1:
         raise InputError(f"processes must be a positive integer, got {processes!r}")
-    methods = _validate_methods(methods)
+    methods = check_methods(methods)
 
     unique: dict[str, Molecule] = {}
     for molecule in molecules:
@@ -446,8 +455,6 @@ def compute_references(
     if exists:
         f = _open(path, "r+")
     else:
-        import nlxc
-
         try:
             f = h5py.File(path, "w-", track_order=True)
         except (OSError, FileExistsError) as err:
@@ -455,7 +462,7 @@ def compute_references(
         f.attrs.update({
             "format": FORMAT, "format_version": FORMAT_VERSION, "basis": basis,
             "grid_level": grid_level, "auxbasis": AUXBASIS_LABEL,
-            "pyscf_version": pyscf.__version__, "nlxc_version": nlxc.__version__,
+            "pyscf_version": pyscf.__version__, "nlxc_version": __version__,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         })
     failures: list[tuple[str, str, str]] = []
@@ -486,13 +493,10 @@ def compute_references(
                         on_entry(name, given)
 
             if processes == 1 or len(jobs) <= 1:
-                from ..system import quiet_basis_lookup
-                from ._pyscf_worker import compute_job
-
                 for job in jobs:
                     bar.set_postfix_str(f"{job['molecule']['name']}/{','.join(job['given'])}")
                     with quiet_basis_lookup():
-                        results = compute_job(job)
+                        results = _pyscf_worker.compute_job(job)
                     store(job, results)
             else:
                 _run_pool(jobs, min(processes, len(jobs)), store)
@@ -507,13 +511,11 @@ def _run_pool(jobs: list[dict], processes: int, store: Callable[[dict, list[dict
     import concurrent.futures
     import multiprocessing
 
-    from ._pyscf_worker import compute_job, init_worker
-
     executor = concurrent.futures.ProcessPoolExecutor(
         max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
-        initializer=init_worker, initargs=(True,))
+        initializer=_pyscf_worker.init_worker, initargs=(True,))
     try:
-        futures = {executor.submit(compute_job, job): job for job in jobs}
+        futures = {executor.submit(_pyscf_worker.compute_job, job): job for job in jobs}
         for future in concurrent.futures.as_completed(futures):
             job = futures[future]
             try:

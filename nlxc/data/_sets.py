@@ -24,21 +24,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .._errors import InputError
+from ..constants import KCAL_PER_MOL
 from ._molecule import Molecule
 
-
-def _kcal_per_mol() -> float:
-    from pyscf.data import nist
-
-    # 1 kcal/mol = 4184 J/mol; one Hartree per particle is HARTREE2J·N_A J/mol.
-    return 4184.0 / (nist.HARTREE2J * nist.AVOGADRO)
-
-
-KCAL_PER_MOL: float = _kcal_per_mol()
-"""One kcal/mol in Hartree (≈ 1/627.5095), from PySCF's constants (`pyscf.data.nist`:
-`HARTREE2J`, derived there from CODATA 2014 ħ, mₑ and the CODATA 2010 Bohr radius, and
-`AVOGADRO`, CODATA 2014) with the thermochemical calorie, 1 cal = 4.184 J. It agrees with the
-CODATA 2018 value (1 Eₕ = 627.509 474 kcal/mol) to 2e-9 relative."""
 
 G2_SOURCE_G2_1 = (
     "G2-1: L. A. Curtiss, K. Raghavachari, G. W. Trucks, J. A. Pople, J. Chem. Phys. 94, 7221 "

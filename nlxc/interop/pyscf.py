@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import InputError
-from ..grid_operators import GridOperatorSpec, required_grid_operators
-from ..scf._energy import energy_components
+from ..grid_operators import GridOperatorSpec
+from ..scf import energy_components
 from ..system import System, quiet_basis_lookup
-from ..xc._base import AbstractFunctional
+from ..xc import AbstractFunctional, required_grid_operators
 
 __all__ = ["KS", "NlxcKS", "required_grid_operators"]
 

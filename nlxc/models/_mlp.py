@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..xc.constraints import PointwiseNetwork
+from ..xc import PointwiseNetwork
 
 
 def _scale_last_layer(mlp: eqx.nn.MLP, scale: float) -> eqx.nn.MLP:

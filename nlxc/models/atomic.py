@@ -13,18 +13,12 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..xc._base import AbstractFunctional
+from ._common import atom_interaction, atom_mask_and_numbers, element_embedding
 from ._mlp import MLP
-from .descriptors import MAX_ATOMIC_NUMBER, AbstractAtomNeighbourModel, AtomDensityProjection, _element_embedding
+from .descriptors import AbstractAtomNeighbourModel, AtomDensityProjection
 from .neighbours import AtomNeighbours
 
 __all__ = ["AtomCentredCorrection", "EquivariantCorrection"]
-
-
-
-def _atom_mask_and_numbers(system):
-    z = jnp.round(system.atom_charges).astype(jnp.int32)
-    return z > 0, jnp.clip(z, 0, MAX_ATOMIC_NUMBER)
 
 
 def _total_density(density):
@@ -59,13 +53,13 @@ class AtomCentredCorrection(AbstractAtomNeighbourModel):
         k1, k2 = jr.split(key)
         self.neighbours, self.max_atoms = None, max_atoms
         self.projection = AtomDensityProjection() if projection is None else projection
-        self.embedding = _element_embedding(k1, embedding_dim)
+        self.embedding = element_embedding(k1, embedding_dim)
         self.network = MLP(self.projection.n_invariants + embedding_dim, width=width, depth=depth,
                            final_scale=final_scale, key=k2)
 
     def atomic_energies(self, density, density_matrix, system) -> Float[Array, " natom"]:
         """ε_A per atom (Hartree), zero for padded atoms."""
-        mask, z = _atom_mask_and_numbers(system)
+        mask, z = atom_mask_and_numbers(system)
         c = self.projection.coefficients(_total_density(density), system.grid_weights, system.grid_coords,
                                          system.atom_coords, self.atom_neighbours(system))
         x = jnp.concatenate([self.projection.power_spectrum(c), self.embedding[z]], axis=1)
@@ -77,33 +71,6 @@ class AtomCentredCorrection(AbstractAtomNeighbourModel):
 
     def __call__(self, density, density_matrix, system):
         return jnp.sum(self.atomic_energies(density, density_matrix, system))
-
-
-def _gaussian_basis(r, cutoff, n):
-    centres = jnp.linspace(0.0, cutoff, n)
-    width = cutoff / n
-    fc = jnp.where(r < cutoff, 0.5 * (jnp.cos(math.pi * r / cutoff) + 1.0), 0.0)
-    return jnp.exp(-((r[..., None] - centres) ** 2) / (2 * width**2)) * fc[..., None]
-
-
-def _atom_interaction(h, atom_coords, mask, radial_weights, cutoff, lmax, message, update):
-    """One equivariant message-passing step between atoms (private helper).
-
-    m_A = Σ_{B≠A} φ(r_AB) W(h_B ⊗ Y(r̂_AB)) with φ = Gaussian basis · `radial_weights` (cosine
-    cutoff), and returns h + W'(m); `message` = W and `update` = W' are e3nn linear layers;
-    pairs involving a masked (padded) atom carry no message.
-    """
-    vectors = atom_coords[None, :, :] - atom_coords[:, None, :]  # B − A
-    r = jnp.sqrt(jnp.sum(vectors**2, axis=-1) + 1e-24)
-    natom = r.shape[0]
-    pair = mask[:, None] & mask[None, :] & ~jnp.eye(natom, dtype=bool)
-    phi = jnp.where(pair, _gaussian_basis(r, cutoff, radial_weights.shape[0]) @ radial_weights, 0.0)
-    sh = e3nn.spherical_harmonics(e3nn.Irreps.spherical_harmonics(lmax), vectors / r[..., None],
-                                  normalize=False, normalization="component")
-    hb = e3nn.IrrepsArray(h.irreps, jnp.broadcast_to(h.array[None], (natom,) + h.array.shape))
-    messages = jax.vmap(jax.vmap(message))(e3nn.tensor_product(hb, sh))
-    m = e3nn.IrrepsArray(messages.irreps, jnp.einsum("ab,abi->ai", phi, messages.array))
-    return h + jax.vmap(update)(m)
 
 
 class EquivariantCorrection(AbstractAtomNeighbourModel):
@@ -149,7 +116,7 @@ class EquivariantCorrection(AbstractAtomNeighbourModel):
         hidden = e3nn.Irreps(hidden_irreps)
         sh = e3nn.Irreps.spherical_harmonics(self.projection.lmax)
         product = e3nn.tensor_product(hidden, sh)
-        self.embedding = _element_embedding(keys[0], embedding_dim)
+        self.embedding = element_embedding(keys[0], embedding_dim)
         self.mix = e3eqx.Linear(irreps_in=self.projection.irreps, irreps_out=hidden,
                                 input_dtype=jnp.float64, key=keys[1])
         self.message = e3eqx.Linear(irreps_in=product, irreps_out=hidden, input_dtype=jnp.float64, key=keys[2])
@@ -160,14 +127,14 @@ class EquivariantCorrection(AbstractAtomNeighbourModel):
 
     def atomic_energies(self, density, density_matrix, system) -> Float[Array, " natom"]:
         """ε_A per atom (Hartree), zero for padded atoms."""
-        mask, z = _atom_mask_and_numbers(system)
+        mask, z = atom_mask_and_numbers(system)
         c = self.projection.coefficients(_total_density(density), system.grid_weights, system.grid_coords,
                                          system.atom_coords, self.atom_neighbours(system))
         # compress the scale of the coefficients (core densities are large) without breaking
         # equivariance: divide each atom's (n, l) block by (1 + its norm)
         c = e3nn.IrrepsArray(c.irreps, c.array) / (1.0 + e3nn.norm(c, per_irrep=True).array.mean(-1, keepdims=True))
         h = jax.vmap(self.mix)(c)  # (natom, hidden)
-        h = _atom_interaction(h, system.atom_coords, mask, self.radial_weights, self.cutoff,
+        h = atom_interaction(h, system.atom_coords, mask, self.radial_weights, self.cutoff,
                              self.projection.lmax, self.message, self.update)
         scalars = h.filter(keep=["0e"]).array
         x = jnp.concatenate([scalars, self.embedding[z]], axis=1)

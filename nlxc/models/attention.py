@@ -10,20 +10,17 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..xc._base import AbstractFunctional
-from ..xc.features import LocalFeatures
+from ..xc import AbstractFunctional, LocalFeatures
+from ._common import atom_mask_and_numbers, cosine_cutoff, element_embedding
 from ._mlp import MLP
-from .neighbours import AtomNeighbours
-from .atomic import _atom_mask_and_numbers
 from .descriptors import (
     N_LOCAL_INPUTS,
     AbstractAtomNeighbourModel,
     AtomDensityProjection,
-    _cosine_cutoff,
-    _element_embedding,
     lda_exchange_energy_density,
     local_inputs,
 )
+from .neighbours import AtomNeighbours
 
 __all__ = ["AtomAttention", "GridAttention"]
 
@@ -72,7 +69,7 @@ class AtomAttention(AbstractAtomNeighbourModel):
         keys = jr.split(key, 6)
         self.projection = AtomDensityProjection() if projection is None else projection
         self.length, self.cutoff, self.neighbours, self.max_atoms = length, cutoff, None, max_atoms
-        self.embedding = _element_embedding(keys[0], embedding_dim)
+        self.embedding = element_embedding(keys[0], embedding_dim)
         self.token = MLP(self.projection.n_invariants + embedding_dim, out_features=dim, width=32,
                          final_scale=1.0, key=keys[1])
         self.query = MLP(N_LOCAL_INPUTS, out_features=dim, width=32, final_scale=1.0, key=keys[2])
@@ -87,7 +84,7 @@ class AtomAttention(AbstractAtomNeighbourModel):
 
     def __call__(self, density, density_matrix, system):
         features = LocalFeatures.from_density(density)
-        mask, z = _atom_mask_and_numbers(system)
+        mask, z = atom_mask_and_numbers(system)
         nb = self.atom_neighbours(system)
         c = self.projection.coefficients(features.n, system.grid_weights, system.grid_coords,
                                          system.atom_coords, nb)
@@ -97,7 +94,7 @@ class AtomAttention(AbstractAtomNeighbourModel):
         q = self.query(local_inputs(features))  # (d, ngrid)
         d2 = jnp.sum((system.grid_coords[:, None, :] - system.atom_coords[nb.index]) ** 2, axis=-1)
         logits = jnp.einsum("dg,gkd->gk", q, keys) / math.sqrt(q.shape[0]) - d2 / self.length**2
-        envelope = jnp.where(nb.mask, _cosine_cutoff(jnp.sqrt(d2 + 1e-24), self.cutoff), 0.0)
+        envelope = jnp.where(nb.mask, cosine_cutoff(jnp.sqrt(d2 + 1e-24), self.cutoff), 0.0)
         top = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.where(nb.mask, logits, -jnp.inf), axis=1), 0.0))
         scores = envelope * jnp.exp(jnp.where(nb.mask, logits - top[:, None], 0.0))
         attention = scores / (jnp.exp(-top) + jnp.sum(scores, axis=1))[:, None]

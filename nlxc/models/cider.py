@@ -23,11 +23,10 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._errors import InputError
 from ..grid_operators import GridOperatorSpec, require_grid_operators
-from ..xc._base import AbstractFunctional
-from ..xc._util import DENS_THRESHOLD
-from ..xc.constraints import LIEB_OXFORD_BOUND, squash_alpha, squash_s
-from ..xc.features import SpinChannelFeatures
-from ..xc.lda import X_FACTOR_C
+from ..constants import KF_FACTOR, LIEB_OXFORD_BOUND, X_FACTOR_C
+from ..xc import DENS_THRESHOLD, AbstractFunctional, SpinChannelFeatures, squash_alpha, squash_s
+from ..xc.gga import PBE_KAPPA, PBE_MU
+from ._common import pbe_exchange_enhancement
 from ._mlp import MLP
 
 __all__ = [
@@ -46,9 +45,6 @@ DEFAULT_CIDER_SCALES: tuple[float, ...] = (0.25, 1.0, 4.0)
 """Exponent scales c_i of the descriptors, a_i(r) = c_i k_F(r)²."""
 
 _FITS = ("projection", "coulomb")
-_KF_SPIN = (3.0 * math.pi**2) ** (1.0 / 3.0)  # k_F of the spin-scaled density n = 2ρσ: (3π² n)^{1/3}
-_PBE_KAPPA = 0.804
-_PBE_MU = 0.2195149727645171
 
 
 def _natural_spline_matrix(knots: np.ndarray) -> np.ndarray:
@@ -163,7 +159,7 @@ def gaussian_density_descriptors(
 
     mask = rho > DENS_THRESHOLD
     n_safe = jnp.where(mask, n, 1.0)
-    kf2 = (_KF_SPIN * n_safe ** (1.0 / 3.0)) ** 2
+    kf2 = (KF_FACTOR * n_safe ** (1.0 / 3.0)) ** 2
     knots = np.log(np.asarray(exponents))
     a = jnp.asarray(scales)[:, None, None] * kf2[None]  # (nscale, nspin, ngrid)
     t = jnp.clip(jnp.log(a), knots[0], knots[-1])
@@ -173,10 +169,6 @@ def gaussian_density_descriptors(
     if system.restricted:
         out = jnp.concatenate([out, out], axis=1)
     return out
-
-
-def _pbe_enhancement(s2):
-    return 1.0 + _PBE_KAPPA - _PBE_KAPPA**2 / (_PBE_KAPPA + _PBE_MU * s2)
 
 
 class NonlocalEnhancedExchange(AbstractFunctional):
@@ -240,9 +232,9 @@ class NonlocalEnhancedExchange(AbstractFunctional):
         raw = self.network(x.reshape(nfeat, 2 * ngrid)).reshape(2, ngrid)
         reference = self.network(jnp.zeros((nfeat, 1)))[0]
         s2 = features.s**2
-        f_pbe = _pbe_enhancement(s2)
+        f_pbe = pbe_exchange_enhancement(s2)
         # logit(F_PBE/L) with L − F_PBE = κ²/(κ + μs²) exactly (L = 1 + κ = 1.804): no cancellation
-        logit = jnp.log(f_pbe) - jnp.log(_PBE_KAPPA**2) + jnp.log(_PBE_KAPPA + _PBE_MU * s2)
+        logit = jnp.log(f_pbe) - jnp.log(PBE_KAPPA**2) + jnp.log(PBE_KAPPA + PBE_MU * s2)
         return LIEB_OXFORD_BOUND * jax.nn.sigmoid(raw - reference + logit)
 
     def __call__(self, density, density_matrix, system):

@@ -9,30 +9,24 @@
   read at every grid point.
 """
 
-
-
-import math
-
 import abc
+import math
 
 import e3nn_jax as e3nn
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from equinox import AbstractVar
 from jaxtyping import Array, Float
 
-from equinox import AbstractVar
-
-from ..xc._base import AbstractFunctional
-from ..xc.constraints import squash_alpha, squash_s
-from ..xc.features import LocalFeatures
+from ..xc import AbstractFunctional, LocalFeatures, squash_alpha, squash_s
+from ._common import scan_slots, slot_basis
 from .neighbours import AtomNeighbours, atom_neighbours
 
 __all__ = ["AtomDensityProjection", "local_inputs", "lda_exchange_energy_density", "N_LOCAL_INPUTS"]
 
 N_LOCAL_INPUTS = 4
-MAX_ATOMIC_NUMBER = 36
 _CX = 0.75 * (3.0 / math.pi) ** (1.0 / 3.0)
 
 
@@ -53,39 +47,6 @@ def lda_exchange_energy_density(n: Float[Array, " ngrid"], mask) -> Float[Array,
     where `mask` is false.
     """
     return jnp.where(mask, -_CX * jnp.where(mask, n, 1.0) ** (4.0 / 3.0), 0.0)
-
-
-def _cosine_cutoff(r, cutoff):
-    return jnp.where(r < cutoff, 0.5 * (jnp.cos(math.pi * r / cutoff) + 1.0), 0.0)
-
-
-def _slot_basis(coords, atom_coords, index, mask, widths, cutoff, lmax):
-    """R_n(|r_g − R_A|) `(ngrid, nrad)` and Y_lm(r̂_gA) `(ngrid, (lmax+1)²)` for one neighbour slot
-    (atom A = `index[g]` of each grid point g; zero where `mask` is false) (private helper).
-
-    Gaussian radial functions exp(−r²/(2σ_n²)) times the cosine cutoff, and e3nn's real spherical
-    harmonics (component normalisation) of the unit vectors from the atom to the grid point
-    (a 1e-24 shift keeps r = 0 finite; Y_lm there is multiplied by R_n and the density).
-    """
-    vectors = coords - atom_coords[index]  # (ngrid, 3)
-    r2 = jnp.sum(vectors**2, axis=-1)
-    r = jnp.sqrt(r2 + 1e-24)
-    envelope = jnp.where(mask, _cosine_cutoff(r, cutoff), 0.0)
-    radial = jnp.exp(-r2[:, None] / (2.0 * jnp.asarray(widths) ** 2)) * envelope[:, None]
-    sh = e3nn.spherical_harmonics(e3nn.Irreps.spherical_harmonics(lmax), vectors / r[:, None],
-                                  normalize=False, normalization="component").array
-    return radial, sh
-
-
-def _scan_slots(body, init, neighbours):
-    """Run `carry = body(carry, index_j, mask_j)` over the neighbour slots j (a `lax.scan`, so the
-    (grid point, slot) products are never all in memory at once) (private helper)."""
-
-    def step(carry, xs):
-        return body(carry, *xs), None
-
-    carry, _ = jax.lax.scan(step, init, (neighbours.index.T, neighbours.mask.T))
-    return carry
 
 
 class AbstractAtomNeighbourModel(AbstractFunctional):
@@ -116,13 +77,6 @@ class AbstractAtomNeighbourModel(AbstractFunctional):
         nb = atom_neighbours(system.grid_coords, system.grid_weights, system.atom_coords,
                              system.atom_charges, self.neighbour_cutoff, self.max_atoms)
         return eqx.tree_at(lambda m: m.neighbours, self, nb, is_leaf=lambda x: x is None)
-
-
-def _element_embedding(key, dim):
-    """A learnable table of element embeddings, `(MAX_ATOMIC_NUMBER + 1, dim)`, N(0, 0.1²) (private helper)."""
-    import jax.random as jr
-
-    return 0.1 * jr.normal(key, (MAX_ATOMIC_NUMBER + 1, dim), dtype=jnp.float64)
 
 
 class AtomDensityProjection(eqx.Module):
@@ -161,10 +115,10 @@ class AtomDensityProjection(eqx.Module):
         natom, wn = atom_coords.shape[0], weights * n
 
         def pool(c, index, mask):
-            radial, sh = _slot_basis(coords, atom_coords, index, mask, self.widths, self.cutoff, self.lmax)
+            radial, sh = slot_basis(coords, atom_coords, index, mask, self.widths, self.cutoff, self.lmax)
             return c + jax.ops.segment_sum(jnp.einsum("g,gn,gm->gnm", wn, radial, sh), index, num_segments=natom)
 
-        c = _scan_slots(pool, jnp.zeros((natom, len(self.widths), (self.lmax + 1) ** 2)), neighbours)
+        c = scan_slots(pool, jnp.zeros((natom, len(self.widths), (self.lmax + 1) ** 2)), neighbours)
         blocks = [c[:, :, l * l:(l + 1) ** 2].reshape(c.shape[0], -1) for l in range(self.lmax + 1)]
         return e3nn.IrrepsArray(self.irreps, jnp.concatenate(blocks, axis=-1))
 

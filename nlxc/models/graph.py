@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -11,19 +9,10 @@ import jax.random as jr
 import jraph
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..xc._base import AbstractFunctional
-from ..xc.features import LocalFeatures
+from ..xc import AbstractFunctional, LocalFeatures
+from ._common import atom_mask_and_numbers, cosine_cutoff, element_embedding, scan_slots
 from ._mlp import MLP
-from .atomic import _atom_mask_and_numbers
-from .descriptors import (
-    N_LOCAL_INPUTS,
-    AbstractAtomNeighbourModel,
-    _cosine_cutoff,
-    _element_embedding,
-    _scan_slots,
-    lda_exchange_energy_density,
-    local_inputs,
-)
+from .descriptors import N_LOCAL_INPUTS, AbstractAtomNeighbourModel, lda_exchange_energy_density, local_inputs
 from .neighbours import AtomNeighbours, GridNeighbours, grid_neighbours
 
 __all__ = ["CoarseGraphNetwork", "GridGraphNetwork"]
@@ -114,7 +103,7 @@ class GridGraphNetwork(AbstractFunctional):
         ngrid = coords.shape[0]
         d = jnp.sqrt(jnp.sum((coords[:, None, :] - coords[nb.index]) ** 2, axis=-1) + 1e-24)  # (ngrid, k+1)
         rho = jnp.where(nb.mask[:, -1], d[:, -1], self.cutoff)
-        envelope = jnp.where(nb.mask[:, :-1], _cosine_cutoff(d[:, :-1] / rho[:, None], 1.0), 0.0)
+        envelope = jnp.where(nb.mask[:, :-1], cosine_cutoff(d[:, :-1] / rho[:, None], 1.0), 0.0)
         senders = nb.index[:, :-1].reshape(-1)
         receivers = jnp.repeat(jnp.arange(ngrid), self.k)
         edge_features = _radial_features(d[:, :-1], self.cutoff, self.n_radial).reshape(-1, self.n_radial)
@@ -173,7 +162,7 @@ class CoarseGraphNetwork(AbstractAtomNeighbourModel):
         self.shells, self.width, self.cutoff, self.atom_cutoff = tuple(shells), width, cutoff, atom_cutoff
         self.n_radial, self.max_atoms, self.neighbours = n_radial, max_atoms, None
         self.local = MLP(N_LOCAL_INPUTS, out_features=channels, width=16, final_scale=1.0, key=keys[0])
-        self.embedding = _element_embedding(keys[1], embedding_dim)
+        self.embedding = element_embedding(keys[1], embedding_dim)
         self.encoder = MLP(channels + embedding_dim, out_features=hidden, width=hidden, final_scale=1.0,
                            key=keys[2])
         self.edge_mlps = tuple(MLP(n_radial + 2 + 2 * hidden, out_features=hidden, width=hidden, final_scale=1.0,
@@ -188,14 +177,14 @@ class CoarseGraphNetwork(AbstractAtomNeighbourModel):
 
     def _profiles(self, coords, atom_coords, index, mask):
         r = jnp.sqrt(jnp.sum((coords - atom_coords[index]) ** 2, axis=-1) + 1e-24)
-        envelope = jnp.where(mask, _cosine_cutoff(r, self.cutoff), 0.0)
+        envelope = jnp.where(mask, cosine_cutoff(r, self.cutoff), 0.0)
         shells = jnp.asarray(self.shells)
         return jnp.exp(-((r[:, None] - shells) ** 2) / (2 * self.width**2)) * envelope[:, None]  # (ngrid, S)
 
     def __call__(self, density, density_matrix, system):
         features = LocalFeatures.from_density(density)
         x = local_inputs(features)
-        mask, z = _atom_mask_and_numbers(system)
+        mask, z = atom_mask_and_numbers(system)
         nb = self.atom_neighbours(system)
         coords, atom_coords = system.grid_coords, system.atom_coords
         natom, nshell = atom_coords.shape[0], len(self.shells)
@@ -205,7 +194,7 @@ class CoarseGraphNetwork(AbstractAtomNeighbourModel):
             phi = self._profiles(coords, atom_coords, index, slot_mask)
             return acc + jax.ops.segment_sum(jnp.einsum("cg,gs->gsc", wnh, phi), index, num_segments=natom)
 
-        pooled = jnp.arcsinh(_scan_slots(pool, jnp.zeros((natom, nshell, wnh.shape[0])), nb))
+        pooled = jnp.arcsinh(scan_slots(pool, jnp.zeros((natom, nshell, wnh.shape[0])), nb))
         emb = jnp.broadcast_to(self.embedding[z][:, None, :], (natom, nshell, self.embedding.shape[1]))
         nodes = self.encoder(jnp.concatenate([pooled, emb], axis=-1).reshape(natom * nshell, -1).T).T
 
@@ -217,7 +206,7 @@ class CoarseGraphNetwork(AbstractAtomNeighbourModel):
         receivers = jnp.tile(jnp.arange(nnode), nnode)
         r_ab = jnp.sqrt(jnp.sum((atom_coords[atom_of[senders]] - atom_coords[atom_of[receivers]]) ** 2, -1) + 1e-24)
         valid = mask[atom_of[senders]] & mask[atom_of[receivers]] & (senders != receivers)
-        envelope = jnp.where(valid, _cosine_cutoff(r_ab, self.atom_cutoff), 0.0)
+        envelope = jnp.where(valid, cosine_cutoff(r_ab, self.atom_cutoff), 0.0)
         edge_features = jnp.concatenate(
             [_radial_features(r_ab, self.atom_cutoff, self.n_radial),
              shell_of[senders][:, None] / self.cutoff, shell_of[receivers][:, None] / self.cutoff], axis=1)
@@ -230,7 +219,7 @@ class CoarseGraphNetwork(AbstractAtomNeighbourModel):
             phi = self._profiles(coords, atom_coords, index, slot_mask)
             return b + jnp.einsum("gs,gsc->cg", phi, nodes[index])
 
-        b = _scan_slots(broadcast, jnp.zeros((nodes.shape[-1], coords.shape[0])), nb)
+        b = scan_slots(broadcast, jnp.zeros((nodes.shape[-1], coords.shape[0])), nb)
         g = self.head(jnp.concatenate([x, jnp.arcsinh(b)], axis=0))
         e = lda_exchange_energy_density(features.n, features.mask) * g
         return jnp.sum(system.grid_weights * e)

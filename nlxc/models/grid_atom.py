@@ -13,19 +13,11 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..xc.features import LocalFeatures
+from ..xc import LocalFeatures
+from ._common import atom_interaction, atom_mask_and_numbers, element_embedding, scan_slots, slot_basis
 from ._mlp import MLP
+from .descriptors import N_LOCAL_INPUTS, AbstractAtomNeighbourModel, lda_exchange_energy_density, local_inputs
 from .neighbours import AtomNeighbours
-from .atomic import _atom_interaction, _atom_mask_and_numbers
-from .descriptors import (
-    N_LOCAL_INPUTS,
-    AbstractAtomNeighbourModel,
-    _element_embedding,
-    _scan_slots,
-    _slot_basis,
-    lda_exchange_energy_density,
-    local_inputs,
-)
 
 __all__ = ["GridAtomMessagePassing"]
 
@@ -83,7 +75,7 @@ class GridAtomMessagePassing(AbstractAtomNeighbourModel):
         hidden = e3nn.Irreps(hidden_irreps)
         product = e3nn.tensor_product(hidden, e3nn.Irreps.spherical_harmonics(self.lmax))
         self.local = MLP(N_LOCAL_INPUTS, out_features=channels, width=16, final_scale=1.0, key=keys[0])
-        self.embedding = _element_embedding(keys[1], embedding_dim)
+        self.embedding = element_embedding(keys[1], embedding_dim)
         self.mix = e3eqx.Linear(irreps_in=pooled + e3nn.Irreps(f"{embedding_dim}x0e"), irreps_out=hidden,
                                 input_dtype=jnp.float64, key=keys[2])
         self.message = e3eqx.Linear(irreps_in=product, irreps_out=hidden, input_dtype=jnp.float64, key=keys[3])
@@ -100,7 +92,7 @@ class GridAtomMessagePassing(AbstractAtomNeighbourModel):
         features = LocalFeatures.from_density(density)
         x = local_inputs(features)  # (4, ngrid)
         h = self.local(x)  # (c, ngrid)
-        mask, z = _atom_mask_and_numbers(system)
+        mask, z = atom_mask_and_numbers(system)
         natom = mask.shape[0]
 
         nb = self.atom_neighbours(system)
@@ -110,11 +102,11 @@ class GridAtomMessagePassing(AbstractAtomNeighbourModel):
         wnh = (system.grid_weights * features.n)[None, :] * h  # (c, ngrid)
 
         def pool(a, index, slot_mask):
-            radial, sh = _slot_basis(coords, atom_coords, index, slot_mask, self.widths, self.cutoff, self.lmax)
+            radial, sh = slot_basis(coords, atom_coords, index, slot_mask, self.widths, self.cutoff, self.lmax)
             return a + jax.ops.segment_sum(jnp.einsum("cg,gn,gm->gcnm", wnh, radial, sh), index,
                                            num_segments=natom)
 
-        a = _scan_slots(pool, jnp.zeros((natom, self.channels, nrad, (self.lmax + 1) ** 2)), nb)
+        a = scan_slots(pool, jnp.zeros((natom, self.channels, nrad, (self.lmax + 1) ** 2)), nb)
         blocks = [a[..., l * l:(l + 1) ** 2].reshape(natom, -1) for l in range(self.lmax + 1)]
         irreps = e3nn.Irreps([(self.channels * nrad, (l, (-1) ** l)) for l in range(self.lmax + 1)])
         pooled = e3nn.IrrepsArray(irreps, jnp.concatenate(blocks, axis=-1))
@@ -123,7 +115,7 @@ class GridAtomMessagePassing(AbstractAtomNeighbourModel):
         ha = jax.vmap(self.mix)(pooled)
 
         # atoms ↔ atoms
-        ha = _atom_interaction(ha, atom_coords, mask, self.radial_weights, self.cutoff, self.lmax,
+        ha = atom_interaction(ha, atom_coords, mask, self.radial_weights, self.cutoff, self.lmax,
                               self.message, self.update)
         ha = e3nn.IrrepsArray(ha.irreps, jnp.where(mask[:, None], ha.array, 0.0))
         chunks = [jnp.zeros((natom, mul, 2 * ir.l + 1)) if chunk is None else chunk
@@ -132,12 +124,12 @@ class GridAtomMessagePassing(AbstractAtomNeighbourModel):
 
         # atoms → grid: contract each (A, k, l) feature with Y_l(r̂_A), weight by R_n, sum over atoms
         def broadcast(b, index, slot_mask):
-            radial, sh = _slot_basis(coords, atom_coords, index, slot_mask, self.widths, self.cutoff, self.lmax)
+            radial, sh = slot_basis(coords, atom_coords, index, slot_mask, self.widths, self.cutoff, self.lmax)
             s = jnp.concatenate([jnp.einsum("gkm,gm->gk", chunk[index], sh[:, l * l:(l + 1) ** 2])
                                  for (_, ir), chunk in zip(ha.irreps, chunks) for l in (ir.l,)], axis=1)
             return b + jnp.einsum("gn,gk->nkg", radial, s)
 
-        b = _scan_slots(broadcast, jnp.zeros((nrad, n_broadcast, coords.shape[0])), nb)
+        b = scan_slots(broadcast, jnp.zeros((nrad, n_broadcast, coords.shape[0])), nb)
         splits = np.cumsum([chunk.shape[1] for chunk in chunks])[:-1]
         b = jnp.concatenate([x.reshape(-1, coords.shape[0]) for x in jnp.split(b, splits, axis=1)])  # (nrad · Σk, ngrid)
         g = self.head(jnp.concatenate([x, jnp.arcsinh(b)], axis=0))

@@ -24,19 +24,24 @@ from jax.scipy.special import erf
 
 from .._errors import InputError
 from ..grid_operators import GridOperatorSpec, require_grid_operators
-from ..xc._base import AbstractFunctional
-from ..xc._util import DENS_THRESHOLD
-from ..xc.constraints import LIEB_OXFORD_BOUND, ScaledSigmoid, squash_alpha, squash_s
-from ..xc.features import LocalFeatures, SpinChannelFeatures, wigner_seitz_radius
-from ..xc.gga import PBECorrelation
-from ..xc.lda import X_FACTOR_C
+from ..constants import LIEB_OXFORD_BOUND, X_FACTOR_C
+from ..xc import (
+    DENS_THRESHOLD,
+    AbstractFunctional,
+    LocalFeatures,
+    PBECorrelation,
+    ScaledSigmoid,
+    SpinChannelFeatures,
+    squash_alpha,
+    squash_s,
+    wigner_seitz_radius,
+)
+from ._common import pbe_exchange_enhancement
 from ._mlp import MLP
 
 __all__ = ["LocalHybrid", "local_exact_exchange", "uniform_gas_long_range_fraction"]
 
 _BLOCK_ELEMENTS = 1 << 22  # floats in one block's (points × nao(nao+1)/2) pair products: 32 MB
-_PBE_KAPPA = 0.804
-_PBE_MU = 0.2195149727645171
 _SERIES_SWITCH = 3.0  # a = ω/(2k_F) above which the large-a series of the attenuation is used
 
 
@@ -165,10 +170,6 @@ def _ratio(num, den):
     return jnp.where(mask, num / jnp.where(mask, den, -1.0), 1.0)
 
 
-def _pbe_enhancement(s):
-    return 1.0 + _PBE_KAPPA - _PBE_KAPPA**2 / (_PBE_KAPPA + _PBE_MU * s * s)
-
-
 def _logit(p):
     return jnp.log(p) - jnp.log1p(-p)
 
@@ -263,7 +264,8 @@ class LocalHybrid(AbstractFunctional):
         raw = self.exchange_network(jnp.concatenate([x, ref], axis=1).reshape(5, 4 * ngrid)).reshape(3, 2, 2, ngrid)
         d = raw[:, 0] - raw[:, 1]  # (3, 2, ngrid)
         a = self.hf_fraction
-        f1 = LIEB_OXFORD_BOUND * jax.nn.sigmoid(d[0] + _logit((1.0 - a) * _pbe_enhancement(ch.s) / LIEB_OXFORD_BOUND))
+        f_pbe = pbe_exchange_enhancement(ch.s * ch.s)
+        f1 = LIEB_OXFORD_BOUND * jax.nn.sigmoid(d[0] + _logit((1.0 - a) * f_pbe / LIEB_OXFORD_BOUND))
         f2 = ScaledSigmoid(0.0, 1.0, a)(d[1])
         f3 = f2 * jnp.tanh(d[2])
         e_x = jnp.sum(f1 * e_lda + f2 * e_hf + f3 * e_lr, axis=0)

@@ -11,8 +11,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..grid_operators import GridOperatorSpec, require_grid_operators
-from ..xc._base import AbstractFunctional
-from ..xc.features import LocalFeatures
+from ..xc import AbstractFunctional, LocalFeatures
 from ._mlp import MLP
 from .descriptors import N_LOCAL_INPUTS, lda_exchange_energy_density, local_inputs
 

@@ -1,4 +1,5 @@
-"""What every SCF solver declares and shares: its arguments, its progress, its termination."""
+"""What every SCF solver declares and shares: its arguments, the SCF map and its auxiliary
+output, its progress, its termination."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from ..system import System
-from ..xc._base import AbstractFunctional
-from ._aufbau import FermiDirac
+from ..xc import AbstractFunctional
+from ._aufbau import FermiDirac, density_from_fock, level_shifted
+from ._energy import energy_and_fock
 
 
 class SCFArguments(eqx.Module):
@@ -29,6 +31,39 @@ class SCFArguments(eqx.Module):
     system: System
     level_shift: Float[Array, ""]
     smearing: FermiDirac | None
+
+    def with_level_shift(self, level_shift: float) -> SCFArguments:
+        """The same arguments with another `level_shift` (Hartree), in this one's dtype."""
+        return SCFArguments(self.functional, self.system, jnp.asarray(level_shift, self.level_shift.dtype),
+                            self.smearing)
+
+
+class SCFAux(eqx.Module):
+    """The auxiliary output of the SCF map [`scf_map`][nlxc.scf.scf_map] at a density matrix P:
+    what a solver may use without building the Fock matrix again.
+
+    - `energy`: the total energy E[P], Hartree (scalar).
+    - `fock`: the Fock matrices F(P) = ∂E/∂P, `(2, nao, nao)`, Hartree, without the level shift.
+    """
+
+    energy: Float[Array, ""]
+    fock: Float[Array, "2 nao nao"]
+
+
+def scf_map(density: Float[Array, "2 nao nao"], args: SCFArguments) -> tuple[Float[Array, "2 nao nao"], SCFAux]:
+    """One Kohn–Sham step P ↦ D(F(P) + b(S − SPS)): the fixed-point map of [`nlxc.scf.solve`][].
+
+    F(P) = ∂E/∂P is the Fock matrix (automatic differentiation of the total energy), b the
+    `args.level_shift` (Hartree; Saunders & Hillier, Int. J. Quantum Chem. 7, 699 (1973),
+    doi:10.1002/qua.560070407, which raises the virtual orbitals and leaves the fixed point
+    unchanged) and D the aufbau (or `args.smearing`) density matrix of the lowest eigenvectors.
+
+    **Returns:** the new α/β density matrices `(2, nao, nao)`, and an [`SCFAux`][nlxc.scf.SCFAux]
+    with the energy and the (unshifted) Fock matrices of `density`.
+    """
+    components, fock = energy_and_fock(args.functional, args.system, density)
+    shifted = level_shifted(fock, density, args.system, args.level_shift)
+    return density_from_fock(shifted, args.system, args.smearing), SCFAux(components.total, fock)
 
 
 class SCFProgress(eqx.Module):
@@ -79,8 +114,11 @@ class AbstractSCFSolver(optx.AbstractFixedPointSolver):
     Subclasses declare `rtol`, `atol`, `norm` (the convergence test `norm(D(F(P)) − P) <
     atol + rtol·|D(F(P))|`) and `level_shift` (Hartree; the virtual orbitals are raised by
     this much while iterating, which leaves the fixed point unchanged), keep an
-    [`SCFProgress`][nlxc.scf.SCFProgress] in their state's `progress` field, and receive
-    [`SCFArguments`][nlxc.scf.SCFArguments] as `args`, and declare `patience` (static: the steps
+    [`SCFProgress`][nlxc.scf.SCFProgress] in their state's `progress` field, receive
+    [`SCFArguments`][nlxc.scf.SCFArguments] as `args` and the SCF map
+    [`scf_map`][nlxc.scf.scf_map] as `fn` (whose auxiliary output, an
+    [`SCFAux`][nlxc.scf.SCFAux], carries the energy and the Fock matrix of the input density, and
+    which a step returns as its own auxiliary output), and declare `patience` (static: the steps
     without a 10 % improvement after which [`nlxc.scf.solve`][] hands over to its fallback).
 
     Termination is shared: converged, a non-finite residual (result `nonfinite`), or, when
@@ -96,9 +134,9 @@ class AbstractSCFSolver(optx.AbstractFixedPointSolver):
     patience: eqx.AbstractVar[int]
 
     def relative_error(self, residual, value) -> Scalar:
-        """`norm(residual / (atol + rtol·|value|))`: below 1 means converged."""
+        """`norm(residual / (atol + rtol·|value|))` (leafwise for pytrees): below 1 means converged."""
         with jax.numpy_dtype_promotion("standard"):
-            return self.norm(residual / (self.atol + self.rtol * jnp.abs(value)))
+            return self.norm(jax.tree.map(lambda r, v: r / (self.atol + self.rtol * jnp.abs(v)), residual, value))
 
     def terminate(self, fn, y, args, options, state, tags):
         progress: SCFProgress = state.progress

@@ -9,7 +9,7 @@ from jaxtyping import Array, Float
 
 from ..grid import Density
 from ..system import System
-from ..xc._base import AbstractFunctional
+from ..xc import AbstractFunctional
 
 
 class EnergyComponents(eqx.Module):

@@ -11,11 +11,10 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, PyTree, Scalar
 
 from ..system import System
-from ..xc._base import AbstractFunctional
-from ._aufbau import _lapack_eigh, density_from_fock, level_shifted
+from ..xc import AbstractFunctional
+from ._aufbau import _lapack_eigh
 from ._base import AbstractSCFSolver, SCFArguments, SCFProgress
 from ._energy import energy_and_fock, energy_components
-
 
 _FD_STEP = 1e-4  # radians: the finite-difference step of the Hessian–vector products
 
@@ -174,9 +173,10 @@ class OrbitalNewton(AbstractSCFSolver):
     385 (1981), doi:10.1016/0301-0104(81)85156-7; the trust region as in Nocedal & Wright,
     *Numerical Optimization*, ch. 4 and 7.
 
-    The convergence test is that of [`nlxc.scf.CDIIS`][]: `norm(D(F(P)) − P) < atol +
-    rtol·|D(F(P))|`, and the last step returns D(F(P)). It is the default fallback of
-    [`nlxc.scf.solve`][] when its first solver stagnates.
+    Its fixed-point function is [`scf_map`][nlxc.scf.scf_map], whose auxiliary output gives the
+    energy and the Fock matrix of each iterate. The convergence test is that of
+    [`nlxc.scf.CDIIS`][]: `norm(D(F(P)) − P) < atol + rtol·|D(F(P))|`, and the last step returns
+    D(F(P)). It is the default fallback of [`nlxc.scf.solve`][] when its first solver stagnates.
 
     Each step costs one Fock build, up to `cg_steps` Hessian–vector products (two Fock builds
     each) and one energy evaluation.
@@ -210,12 +210,11 @@ class OrbitalNewton(AbstractSCFSolver):
         return _NewtonState(SCFProgress.start(y.dtype, options), jnp.asarray(self.trust_radius, dtype=y.dtype))
 
     def step(self, fn, y, args: SCFArguments, options, state, tags):
-        functional, system, shift, smearing = args.functional, args.system, args.level_shift, args.smearing
-        components, fock = energy_and_fock(functional, system, y)
-        energy0 = components.total
-
-        # the fixed-point residual of solve's map (the convergence test and the last step)
-        g_density = density_from_fock(level_shifted(fock, y, system, shift), system, smearing)
+        functional, system = args.functional, args.system
+        # the SCF map: its fixed-point residual (the convergence test and the last step), and the
+        # energy and Fock matrix of y in its auxiliary output
+        g_density, aux = fn(y, args)
+        fock, energy0 = aux.fock, aux.energy
         r = g_density - y
         error = self.relative_error(r, g_density)
 
@@ -247,4 +246,4 @@ class OrbitalNewton(AbstractSCFSolver):
         # with SVWN in def2-SVP, neither happens: the solve stops instead of spending its budget)
         improved = accepted & (actual < -self.energy_tol)
         progress = state.progress.advance(error, jnp.all(jnp.isfinite(r)), improved)
-        return new_y, _NewtonState(progress, trust), energy0
+        return new_y, _NewtonState(progress, trust), aux

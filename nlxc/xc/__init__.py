@@ -4,8 +4,18 @@ Every functional is an `equinox.Module` whose parameters are trainable float lea
 contribution always comes from automatic differentiation of the energy.
 """
 
+from ..grid_operators import required_grid_operators
 from ._base import AbstractFunctional, AbstractSemilocalFunctional, Scaled, SemilocalSum, Sum
+from ._penalties import (
+    GLOBAL_LIEB_OXFORD_CONSTANT,
+    correlation_sign_penalty,
+    lieb_oxford_penalty,
+    size_consistency_penalty,
+    spin_scaling_penalty,
+    uniform_gas_penalty,
+)
 from ._registry import available, get_functional
+from ._util import DENS_THRESHOLD
 from .constraints import (
     LIEB_OXFORD_BOUND,
     EnhancedCorrelation,
@@ -30,6 +40,7 @@ from .lda import PW92Correlation, SlaterExchange, VWN5Correlation, VWNRPACorrela
 from .mgga import R2SCANCorrelation, R2SCANExchange
 
 __all__ = [
+    "DENS_THRESHOLD",
     "LIEB_OXFORD_BOUND",
     "EnhancedCorrelation",
     "EnhancedExchange",
@@ -66,4 +77,11 @@ __all__ = [
     "available",
     "exact_exchange_energy",
     "get_functional",
+    "required_grid_operators",
+    "GLOBAL_LIEB_OXFORD_CONSTANT",
+    "correlation_sign_penalty",
+    "lieb_oxford_penalty",
+    "size_consistency_penalty",
+    "spin_scaling_penalty",
+    "uniform_gas_penalty",
 ]

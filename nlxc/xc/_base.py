@@ -1,17 +1,75 @@
-"""Abstract exchange-correlation functionals and their composition."""
+"""The functional interface: what every exchange-correlation functional and model provides.
 
-from __future__ import annotations
+This one file declares everything a new functional or model may implement:
+
+- [`AbstractFunctional`][nlxc.xc.AbstractFunctional] — any functional, local or not.
+  **Must** implement `__call__(density, density_matrix, system) -> E_xc` (Hartree). **May**
+  override `prepare(system)` (geometry-only work done once per SCF, e.g. neighbour lists),
+  the `required_grid_operators` property (the auxiliary-basis grid operators, a
+  [`nlxc.GridOperatorSpec`][], that a [`nlxc.System`][] must carry for it) and
+  `enhanced_by(network)` (what `self * network` means, for uniform-gas baselines).
+- [`AbstractSemilocalFunctional`][nlxc.xc.AbstractSemilocalFunctional] — a pointwise
+  e_xc(ρσ, σσσ', τσ). **Must** implement `energy_density(rho, sigma, tau)` and `family`
+  (`"lda"`, `"gga"` or `"mgga"`, usually a class attribute `family: ClassVar[str] = "gga"`);
+  `__call__` integrates e_xc on the grid.
+- [`PointwiseNetwork`][nlxc.xc.PointwiseNetwork] — a learnable map from per-point features
+  `(in_features, npoint)` to raw outputs; **must** provide `in_features` (a field) and
+  `__call__`. `baseline * network` turns it into a constrained enhancement factor.
+
+Composites: `f + g` is a [`Sum`][nlxc.xc.Sum] and `c * f` a [`Scaled`][nlxc.xc.Scaled]; both
+forward `prepare` to their parts and take the union of their parts' `required_grid_operators`,
+so `nlxc.xc.required_grid_operators(functional)` (defined in `nlxc.grid_operators`, which sits
+below this package) is simply that property of the whole.
+"""
 
 import abc
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Literal
 
 import equinox as eqx
 import jax.numpy as jnp
+from equinox import AbstractVar
 from jaxtyping import Array, Float
+
+from ..grid_operators import GridOperatorSpec
 
 if TYPE_CHECKING:
     from ..grid import Density
     from ..system import System
+
+__all__ = [
+    "AbstractFunctional",
+    "AbstractSemilocalFunctional",
+    "Family",
+    "PointwiseNetwork",
+    "Scaled",
+    "SemilocalSum",
+    "Sum",
+]
+
+Family = Literal["lda", "gga", "mgga"]
+"""Which density features a semilocal functional reads: ρσ (LDA), also σσσ' (GGA), also τσ
+(meta-GGA)."""
+
+_FAMILY_ORDER: tuple[Family, ...] = ("lda", "gga", "mgga")
+
+
+class PointwiseNetwork(eqx.Module):
+    """A learnable map from per-point features `(in_features, npoint)` to raw outputs `(npoint,)`.
+
+    Unconstrained on its own; the exact-constraint layers ([`nlxc.xc.EnhancedExchange`][],
+    [`nlxc.xc.EnhancedCorrelation`][]) give it physical meaning, and `baseline * network`
+    chooses the layer from `in_features` (see [`AbstractFunctional.enhanced_by`][nlxc.xc.AbstractFunctional.enhanced_by]).
+    [`nlxc.models.MLP`][] is the stock implementation.
+
+    **Subclasses provide:** `in_features` (the number of input features, a static field) and
+    `__call__`.
+    """
+
+    in_features: AbstractVar[int]
+
+    @abc.abstractmethod
+    def __call__(self, features: Float[Array, "nfeat ngrid"]) -> Float[Array, " ngrid"]:
+        """Raw output per grid point (dimensionless)."""
 
 
 class AbstractFunctional(eqx.Module):
@@ -26,14 +84,19 @@ class AbstractFunctional(eqx.Module):
     Floating-point fields are ordinary pytree leaves, so every functional can be trained with
     `eqx.filter_grad`. Functionals compose: `f + g` is a [`nlxc.xc.Sum`][] and `c * f` a
     [`nlxc.xc.Scaled`][].
+
+    **Subclasses must implement** `__call__`; they **may override** `prepare`,
+    `required_grid_operators` and `enhanced_by` (the defaults: no preparation, no grid
+    operators, no enhancement-factor form). See the module `nlxc.xc._base` for the whole
+    interface and `docs/models.md` ("Writing your own model") for a worked example.
     """
 
     @abc.abstractmethod
     def __call__(
         self,
-        density: Density,
+        density: "Density",
         density_matrix: Float[Array, "2 nao nao"],
-        system: System,
+        system: "System",
     ) -> Float[Array, ""]:
         """Exchange-correlation energy in Hartree.
 
@@ -46,7 +109,7 @@ class AbstractFunctional(eqx.Module):
         **Returns:** a scalar, E_xc in Hartree.
         """
 
-    def prepare(self, system: System) -> AbstractFunctional:
+    def prepare(self, system: "System") -> "AbstractFunctional":
         """This functional specialised to `system`: geometry-only work done once per SCF.
 
         [`nlxc.scf.solve`][] calls `functional.prepare(system)` once before iterating and uses
@@ -59,30 +122,41 @@ class AbstractFunctional(eqx.Module):
         """
         return self
 
-    def __add__(self, other: AbstractFunctional) -> Sum:
-        if not isinstance(other, AbstractFunctional):
-            return NotImplemented
-        return Sum((self, other))
+    @property
+    def required_grid_operators(self) -> GridOperatorSpec:
+        """The auxiliary-basis grid operators a [`nlxc.System`][] must carry for this functional.
 
-    def __mul__(self, coefficient) -> AbstractFunctional:
-        from .constraints import PointwiseNetwork
+        Models that read [`nlxc.AuxiliaryGridOperators`][] (e.g. [`nlxc.models.LocalHybrid`][])
+        return what they need; build the System with
+        `System.from_pyscf(mol, grid_operators=functional.required_grid_operators)`. The default
+        is the empty spec (no operator); [`Sum`][nlxc.xc.Sum] and [`Scaled`][nlxc.xc.Scaled]
+        return the union (`|`) over their parts.
+        """
+        return GridOperatorSpec()
 
-        if isinstance(coefficient, PointwiseNetwork):
-            return self.enhanced_by(coefficient)
-        if isinstance(coefficient, eqx.Module):
-            return NotImplemented
-        return Scaled(jnp.asarray(coefficient, dtype=float), self)
-
-    def enhanced_by(self, network) -> AbstractFunctional:
+    def enhanced_by(self, network: PointwiseNetwork) -> "AbstractFunctional":
         """`self * network`: this baseline times a learnable, constrained enhancement factor.
 
         Implemented by [`nlxc.xc.SlaterExchange`][] (giving [`nlxc.xc.EnhancedExchange`][]) and
-        the PW92 correlation (giving [`nlxc.xc.EnhancedCorrelation`][]).
+        the PW92 correlation (giving [`nlxc.xc.EnhancedCorrelation`][]), which choose the layer
+        from `network.in_features`.
 
         **Raises:** `TypeError` for functionals without an enhancement-factor form.
         """
         raise TypeError(f"{type(self).__name__} has no enhancement-factor form; multiply "
                         "SlaterExchange() or PW92Correlation.modified() by a network instead")
+
+    def __add__(self, other: "AbstractFunctional") -> "Sum":
+        if not isinstance(other, AbstractFunctional):
+            return NotImplemented
+        return Sum((self, other))
+
+    def __mul__(self, coefficient) -> "AbstractFunctional":
+        if isinstance(coefficient, PointwiseNetwork):
+            return self.enhanced_by(coefficient)
+        if isinstance(coefficient, eqx.Module):
+            return NotImplemented
+        return Scaled(jnp.asarray(coefficient, dtype=float), self)
 
     __rmul__ = __mul__
 
@@ -92,13 +166,19 @@ class AbstractSemilocalFunctional(AbstractFunctional):
 
     Subclasses implement [`energy_density`][nlxc.xc.AbstractSemilocalFunctional.energy_density],
     the exchange-correlation energy per unit volume (Hartree / Bohr³; libxc's `zk` times the
-    total density), in spin-polarised form. Spin-unpolarised densities are the special case
-    ρα = ρβ = ρ/2, σαα = σαβ = σββ = σ/4, τα = τβ = τ/2.
-
-    `family` is one of `"lda"`, `"gga"`, `"mgga"` and tells which features are read.
+    total density), in spin-polarised form, and [`family`][nlxc.xc.AbstractSemilocalFunctional.family].
+    Spin-unpolarised densities are the special case ρα = ρβ = ρ/2, σαα = σαβ = σββ = σ/4,
+    τα = τβ = τ/2.
     """
 
-    family: ClassVar[str]
+    @property
+    @abc.abstractmethod
+    def family(self) -> Family:
+        """`"lda"`, `"gga"` or `"mgga"`: which features `energy_density` reads.
+
+        Usually a class attribute (`family: ClassVar[str] = "gga"`); composites and layers
+        whose inputs depend on their fields compute it.
+        """
 
     @abc.abstractmethod
     def energy_density(
@@ -134,6 +214,14 @@ class Sum(AbstractFunctional):
     def prepare(self, system):
         return Sum(tuple(t.prepare(system) for t in self.terms))
 
+    @property
+    def required_grid_operators(self) -> GridOperatorSpec:
+        """The union of the terms' grid operators."""
+        spec = GridOperatorSpec()
+        for t in self.terms:
+            spec = spec | t.required_grid_operators
+        return spec
+
     def __call__(self, density, density_matrix, system):
         return sum(t(density, density_matrix, system) for t in self.terms)
 
@@ -154,6 +242,11 @@ class Scaled(AbstractFunctional):
     def prepare(self, system):
         return Scaled(self.coefficient, self.functional.prepare(system))
 
+    @property
+    def required_grid_operators(self) -> GridOperatorSpec:
+        """The inner functional's grid operators."""
+        return self.functional.required_grid_operators
+
     def __call__(self, density, density_matrix, system):
         return self.coefficient * self.functional(density, density_matrix, system)
 
@@ -169,9 +262,10 @@ class SemilocalSum(AbstractSemilocalFunctional):
     terms: tuple[AbstractSemilocalFunctional, ...] = ()
 
     @property
-    def family(self) -> str:  # type: ignore[override]
-        order = ("lda", "gga", "mgga")
-        return max((t.family for t in self.terms), key=order.index)
+    def family(self) -> Family:
+        """The highest family of the terms."""
+        return max((t.family for t in self.terms), key=_FAMILY_ORDER.index)
 
     def energy_density(self, rho, sigma, tau):
         return sum(c * t.energy_density(rho, sigma, tau) for c, t in zip(self.coefficients, self.terms))
+

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from .._errors import InputError
+from . import gga, lda, mgga
 from ._base import AbstractFunctional, SemilocalSum
+from .hybrid import B3LYP, PBE0, ExactExchange
 
 
 def _semilocal_by_libxc_id() -> dict[int, type]:
-    from . import gga, lda, mgga
-
     return {
         1: lda.SlaterExchange,
         7: lda.VWN5Correlation,
@@ -41,8 +41,6 @@ def get_functional(name: str) -> AbstractFunctional:
     libxc component nlxc does not implement.
     """
     from pyscf.dft import libxc
-
-    from .hybrid import B3LYP, PBE0, ExactExchange
 
     key = str(name).strip()
     if not key:

@@ -5,6 +5,7 @@ nothing, and its derivatives are exactly zero (the "double where" keeps reverse-
 finite at ρσ = 0).
 """
 
+import equinox as eqx
 import jax.numpy as jnp
 
 # Density below which a spin channel is treated as empty. libxc 7 uses 1e-15 for most functionals
@@ -25,6 +26,4 @@ def _as_float_array(x):
 
 def parameter(default: float):
     """A trainable scalar field: stored as a float64 0-d array so `eqx.filter_grad` sees it."""
-    import equinox as eqx
-
     return eqx.field(default=default, converter=_as_float_array)

@@ -1,8 +1,9 @@
 """Exact-constraint layers: learnable semilocal exchange and correlation that satisfy known exact
 conditions for *any* parameters, by construction.
 
-A learnable part is a [`PointwiseNetwork`][nlxc.xc.PointwiseNetwork]: any module mapping features
-`(nfeat, ngrid)` to one raw output per grid point (see `nlxc.models.MLP`). The layers here turn
+A learnable part is a [`PointwiseNetwork`][nlxc.xc.PointwiseNetwork] (declared with the rest of
+the functional interface in `nlxc.xc._base` and re-exported here): any module mapping features
+`(in_features, ngrid)` to one raw output per grid point (see `nlxc.models.MLP`). The layers here turn
 that raw output into an enhancement factor over a uniform-gas baseline:
 
 - [`EnhancedExchange`][nlxc.xc.EnhancedExchange]: E_x = Σσ ∫ e_x^LDA(ρσ) F_x(sσ, ασ) d³r with
@@ -25,17 +26,18 @@ x and at the uniform-gas reference x_UEG), so the pinning is exact in floating p
 
 from __future__ import annotations
 
-import abc
 import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._base import AbstractSemilocalFunctional
+from ..constants import LIEB_OXFORD_BOUND, X_FACTOR_C
+from ._base import AbstractSemilocalFunctional, Family, PointwiseNetwork
+from ._uniform_gas import PW92_MOD_PARAMS, pw92_correlation_per_particle
 from ._util import DENS_THRESHOLD
 from .features import LocalFeatures, SpinChannelFeatures
-from .lda import X_FACTOR_C, PW92_MOD_PARAMS, pw92_correlation_per_particle
 
 __all__ = [
     "LIEB_OXFORD_BOUND",
@@ -46,20 +48,6 @@ __all__ = [
     "squash_alpha",
     "squash_s",
 ]
-
-LIEB_OXFORD_BOUND = 1.804
-"""Local Lieb–Oxford bound on the exchange enhancement factor, F_x ≤ 1 + κ with κ = 0.804 (PBE)."""
-
-
-class PointwiseNetwork(eqx.Module):
-    """A learnable map from per-point features `(nfeat, ngrid)` to raw outputs `(ngrid,)`.
-
-    Unconstrained on its own; the layers of this module give it physical meaning.
-    """
-
-    @abc.abstractmethod
-    def __call__(self, features: Float[Array, "nfeat ngrid"]) -> Float[Array, " ngrid"]:
-        """Raw output per grid point (dimensionless)."""
 
 
 class ScaledSigmoid(eqx.Module):
@@ -96,10 +84,10 @@ def squash_alpha(alpha: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
 class EnhancedExchange(AbstractSemilocalFunctional):
     """Learnable exchange E_x = Σσ ∫ e_x^LDA(ρσ) F_x(sσ, ασ) d³r (Hartree), constrained.
 
-    e_x^LDA(ρσ) = −(3/4)(6/π)^{1/3} ρσ^{4/3} is Slater exchange of one spin channel (libxc LDA_X,
-    ID 1) and sσ, ασ are the reduced gradient and iso-orbital indicator of 2ρσ. The network g
-    reads x = (u, w) with u = s²/(1+s²) and w = (1−α)/(1+α) (only u when `use_alpha=False`, a
-    GGA), and F_x = B(g(x) − g(0)) with B = `ScaledSigmoid(0, bound, 1)`. See the module
+    e_x^LDA(ρσ) = −X_FACTOR_C ρσ^{4/3}, X_FACTOR_C = (3/4)(6/π)^{1/3} (`nlxc.constants`), is
+    Slater exchange of one spin channel (libxc LDA_X, ID 1) and sσ, ασ are the reduced gradient
+    and iso-orbital indicator of 2ρσ. The network g reads x = (u, w) with u = s²/(1+s²) and
+    w = (1−α)/(1+α) (only u when `use_alpha=False`, a GGA), and F_x = B(g(x) − g(0)) with B = `ScaledSigmoid(0, bound, 1)`. See the module
     docstring for the constraints this satisfies for every parameter value.
 
     Usually built as `SlaterExchange() * network`.
@@ -113,7 +101,8 @@ class EnhancedExchange(AbstractSemilocalFunctional):
     bound: float = eqx.field(static=True, default=LIEB_OXFORD_BOUND)
 
     @property
-    def family(self) -> str:  # type: ignore[override]
+    def family(self) -> Family:
+        """`"mgga"` with `use_alpha` (F_x reads α, hence τ), else `"gga"`."""
         return "mgga" if self.use_alpha else "gga"
 
     def inputs(self, features: SpinChannelFeatures) -> Float[Array, "nfeat 2 ngrid"]:
@@ -157,7 +146,8 @@ class EnhancedCorrelation(AbstractSemilocalFunctional):
     bound: float = eqx.field(static=True, default=2.0)
 
     @property
-    def family(self) -> str:  # type: ignore[override]
+    def family(self) -> Family:
+        """`"mgga"` when F_c reads α or z = τ_W/τ (both need τ), else `"gga"`."""
         return "mgga" if (self.use_alpha or self.self_interaction_free) else "gga"
 
     def enhancement_factor(self, features: LocalFeatures) -> Float[Array, " ngrid"]:

@@ -31,6 +31,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+from ..constants import KF_FACTOR, TAU_UEG_FACTOR
 from ._util import DENS_THRESHOLD
 
 __all__ = [
@@ -42,9 +43,6 @@ __all__ = [
     "weizsaecker_ratio",
     "wigner_seitz_radius",
 ]
-
-_KF_FACTOR = (3.0 * math.pi**2) ** (1.0 / 3.0)  # k_F = (3π² n)^{1/3}
-_TAU_UEG_FACTOR = 0.3 * (3.0 * math.pi**2) ** (2.0 / 3.0)  # τ_UEG = (3/10)(3π²)^{2/3} n^{5/3}
 
 
 def _safe(mask, x, fill=1.0):
@@ -73,7 +71,7 @@ def reduced_gradient(
     """
     mask = n >= threshold
     nn = _safe(mask, n)
-    s2 = jnp.maximum(grad_sq, 0.0) / (4.0 * _KF_FACTOR**2 * nn ** (8.0 / 3.0))
+    s2 = jnp.maximum(grad_sq, 0.0) / (4.0 * KF_FACTOR**2 * nn ** (8.0 / 3.0))
     positive = mask & (s2 > 0.0)
     return jnp.where(positive, jnp.sqrt(_safe(positive, s2)), 0.0)
 
@@ -91,7 +89,7 @@ def iso_orbital_indicator(
     mask = n >= threshold
     nn = _safe(mask, n)
     tau_w = jnp.maximum(grad_sq, 0.0) / (8.0 * nn)
-    alpha = (tau - tau_w) / (_TAU_UEG_FACTOR * nn ** (5.0 / 3.0))
+    alpha = (tau - tau_w) / (TAU_UEG_FACTOR * nn ** (5.0 / 3.0))
     return jnp.where(mask, jnp.maximum(alpha, 0.0), 1.0)
 
 

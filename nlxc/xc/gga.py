@@ -19,14 +19,21 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ..constants import TAU_UEG_FACTOR, X2S, X_FACTOR_C
 from ._base import AbstractSemilocalFunctional
 from ._util import DENS_THRESHOLD, parameter
-from .lda import X_FACTOR_C, PW92Correlation, spin_variables
+from .lda import PW92Correlation, spin_variables
 
-__all__ = ["B88Exchange", "LYPCorrelation", "PBECorrelation", "PBEExchange", "clamp_sigma"]
+__all__ = ["PBE_KAPPA", "PBE_MU", "B88Exchange", "LYPCorrelation", "PBECorrelation", "PBEExchange", "clamp_sigma"]
 
-# s = X2S · x_σ, with x_σ = |∇ρσ| / ρσ^{4/3} and s the reduced gradient of the density 2ρσ
-X2S = 1.0 / (2.0 * (6.0 * math.pi**2) ** (1.0 / 3.0))
+# The exchange functionals use s = X2S · x_σ (nlxc.constants.X2S), with x_σ = |∇ρσ| / ρσ^{4/3}
+# and s the reduced gradient of the density 2ρσ.
+
+PBE_KAPPA = 0.8040
+"""κ of PBE exchange: F_x ≤ 1 + κ, the local Lieb–Oxford bound (doi:10.1103/PhysRevLett.77.3865)."""
+
+PBE_MU = 0.2195149727645171
+"""μ = β π²/3 of PBE exchange, β = 0.06672455060314922 (doi:10.1103/PhysRevLett.77.3865)."""
 
 
 def clamp_sigma(
@@ -126,8 +133,8 @@ class PBEExchange(AbstractSemilocalFunctional):
     family: ClassVar[str] = "gga"
     dens_threshold: ClassVar[float] = 1e-15
 
-    kappa: Float[Array, ""] = parameter(0.8040)
-    mu: Float[Array, ""] = parameter(0.2195149727645171)
+    kappa: Float[Array, ""] = parameter(PBE_KAPPA)
+    mu: Float[Array, ""] = parameter(PBE_MU)
 
     def energy_density(
         self,
@@ -252,7 +259,7 @@ class LYPCorrelation(AbstractSemilocalFunctional):
         mask, ra, rb, n = v.mask, v.rho_a, v.rho_b, v.n
         saa, sab, sbb = clamp_sigma(sigma, self.dens_threshold)
         sigma_t = saa + 2.0 * sab + sbb
-        cf = 0.3 * (3.0 * math.pi**2) ** (2.0 / 3.0)
+        cf = TAU_UEG_FACTOR  # the Thomas–Fermi constant C_F = (3/10)(3π²)^{2/3}
         r = n ** (-1.0 / 3.0)
         den = 1.0 + self.d * r
         omega = jnp.exp(-self.c * r) / den * n ** (-11.0 / 3.0)

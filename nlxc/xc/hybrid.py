@@ -8,6 +8,8 @@ from jaxtyping import Array, Float
 
 from ._base import AbstractFunctional
 from ._util import parameter
+from .gga import B88Exchange, LYPCorrelation, PBECorrelation, PBEExchange
+from .lda import SlaterExchange, VWN5Correlation, VWNRPACorrelation
 
 
 def exact_exchange_energy(
@@ -61,9 +63,6 @@ class B3LYP(AbstractFunctional):
     vwn5: bool = eqx.field(static=True, default=False)
 
     def __call__(self, density, density_matrix, system):
-        from .gga import B88Exchange, LYPCorrelation
-        from .lda import SlaterExchange, VWN5Correlation, VWNRPACorrelation
-
         vwn = VWN5Correlation() if self.vwn5 else VWNRPACorrelation()
         rho, sigma, tau = density.rho, density.sigma, density.tau
         e = (
@@ -88,8 +87,6 @@ class PBE0(AbstractFunctional):
     a0: Float[Array, ""] = parameter(0.25)
 
     def __call__(self, density, density_matrix, system):
-        from .gga import PBECorrelation, PBEExchange
-
         rho, sigma, tau = density.rho, density.sigma, density.tau
         e = (1.0 - self.a0) * PBEExchange().energy_density(rho, sigma, tau) + PBECorrelation().energy_density(
             rho, sigma, tau

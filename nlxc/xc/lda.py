@@ -5,7 +5,8 @@ All functionals here are spin-polarised, implemented in JAX and validated agains
 ρσ ≥ 1e-10). Derivatives are never written by hand: the potentials come from automatic
 differentiation.
 
-Reusable pieces (imported by the GGAs; meta-GGAs may import them too):
+Reusable pieces (imported by the GGAs; the PW92 pieces and f(ζ) are defined in the private
+`_uniform_gas` module, shared with the constraint layers and the meta-GGAs, and re-exported here):
 
 - [`pw92_correlation_per_particle`][nlxc.xc.lda.pw92_correlation_per_particle]`(rs, zeta,
   params=PW92_MOD_PARAMS)`: the Perdew–Wang 1992 correlation energy per particle ε_c(r_s, ζ)
@@ -38,8 +39,18 @@ from typing import ClassVar, NamedTuple
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._base import AbstractSemilocalFunctional
+from ..constants import RS_FACTOR, X_FACTOR_C
+from ._base import AbstractFunctional, AbstractSemilocalFunctional, PointwiseNetwork
+from ._uniform_gas import (
+    PW92_MOD_PARAMS,
+    PW92_PARAMS,
+    PW92Params,
+    f_zeta,
+    pw92_correlation_per_particle,
+    pw92_epsilon,
+)
 from ._util import DENS_THRESHOLD, ZETA_THRESHOLD, parameter
+from .constraints import EnhancedCorrelation, EnhancedExchange
 
 __all__ = [
     "PW92Correlation",
@@ -54,14 +65,6 @@ __all__ = [
     "pw92_correlation_per_particle",
     "spin_variables",
 ]
-
-# (3/(4π))^{1/3}: r_s = RS_FACTOR · n^{-1/3}
-RS_FACTOR = (3.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
-# libxc's X_FACTOR_C = 3/8 (3/π)^{1/3} 4^{2/3}: e_x,σ^LDA = −X_FACTOR_C ρσ^{4/3}
-X_FACTOR_C = 3.0 / 8.0 * (3.0 / math.pi) ** (1.0 / 3.0) * 4.0 ** (2.0 / 3.0)
-# 2^{4/3} − 2, the denominator of f(ζ)
-_FZETA_DEN = 2.0 ** (4.0 / 3.0) - 2.0
-
 
 # --------------------------------------------------------------------------------------------
 # shared helpers
@@ -119,16 +122,6 @@ def spin_variables(rho: Float[Array, "2 ngrid"], threshold: float = DENS_THRESHO
     return SpinVariables(mask, rho_a, rho_b, n, n_in, rs, zeta, opz, omz, ratio)
 
 
-def f_zeta(opz: Float[Array, "*shape"], omz: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
-    """Spin-interpolation f(ζ) = [(1+ζ)^{4/3} + (1−ζ)^{4/3} − 2] / (2^{4/3} − 2), from 1 ± ζ."""
-    return (opz ** (4.0 / 3.0) + omz ** (4.0 / 3.0) - 2.0) / _FZETA_DEN
-
-
-def _opz_omz(zeta):
-    """1 ± ζ from ζ alone, clamped below by libxc's ζ threshold."""
-    return jnp.maximum(1.0 + zeta, ZETA_THRESHOLD), jnp.maximum(1.0 - zeta, ZETA_THRESHOLD)
-
-
 # --------------------------------------------------------------------------------------------
 # Slater exchange
 # --------------------------------------------------------------------------------------------
@@ -157,15 +150,15 @@ class SlaterExchange(AbstractSemilocalFunctional):
 
     alpha: Float[Array, ""] = parameter(1.0)
 
-    def enhanced_by(self, network):
+    def enhanced_by(self, network: PointwiseNetwork) -> AbstractFunctional:
         """Slater exchange times a learnable enhancement factor: [`nlxc.xc.EnhancedExchange`][].
 
         A network with 1 input gives a GGA (F_x(s)), with 2 inputs a meta-GGA (F_x(s, α)).
         The enhancement replaces `alpha` (which must be 1).
-        """
-        from .constraints import EnhancedExchange
 
-        n = getattr(network, "in_features", None)
+        **Raises:** `TypeError` for a network with another number of inputs.
+        """
+        n = network.in_features
         if n not in (1, 2):
             raise TypeError(f"an exchange enhancement network needs 1 or 2 inputs (s[, α]), got {n}")
         return EnhancedExchange(network, use_alpha=n == 2)
@@ -294,84 +287,6 @@ class VWNRPACorrelation(AbstractSemilocalFunctional):
 # --------------------------------------------------------------------------------------------
 
 
-class PW92Params(NamedTuple):
-    """Parameters of the PW92 fit G(r_s; A, α₁, β₁…β₄, p=1) for (ε_c(ζ=0), ε_c(ζ=1), −α_c).
-
-    Each entry but `fz20` is a length-3 sequence ordered (paramagnetic, ferromagnetic,
-    minus spin stiffness); `fz20` = f''(0) = 8/(9(2^{4/3} − 2)) ≈ 1.7099209.
-    """
-
-    a: tuple | Float[Array, "3"]
-    alpha1: tuple | Float[Array, "3"]
-    beta1: tuple | Float[Array, "3"]
-    beta2: tuple | Float[Array, "3"]
-    beta3: tuple | Float[Array, "3"]
-    beta4: tuple | Float[Array, "3"]
-    fz20: float | Float[Array, ""]
-
-
-#: libxc LDA_C_PW (id 12): the parameters as printed in Perdew & Wang (1992).
-PW92_PARAMS = PW92Params(
-    a=(0.031091, 0.015545, 0.016887),
-    alpha1=(0.21370, 0.20548, 0.11125),
-    beta1=(7.5957, 14.1189, 10.357),
-    beta2=(3.5876, 6.1977, 3.6231),
-    beta3=(1.6382, 3.3662, 0.88026),
-    beta4=(0.49294, 0.62517, 0.49671),
-    fz20=1.709921,
-)
-
-#: libxc LDA_C_PW_MOD (id 13): more digits in A and fz20, as in the PBE reference code; used by
-#: libxc's PBE (and SCAN / r²SCAN) correlation.
-PW92_MOD_PARAMS = PW92_PARAMS._replace(
-    a=(0.0310907, 0.01554535, 0.0168869),
-    fz20=1.709920934161365617563962776245,
-)
-
-
-def _pw92_g(rs, a, alpha1, beta1, beta2, beta3, beta4):
-    """PW92 eq. (10): G(r_s) = −2A(1 + α₁r_s) ln[1 + 1/(2A(β₁r_s^½ + β₂r_s + β₃r_s^{3/2} + β₄r_s²))]."""
-    srs = jnp.sqrt(rs)
-    den = 2.0 * a * (beta1 * srs + beta2 * rs + beta3 * rs * srs + beta4 * rs * rs)
-    return -2.0 * a * (1.0 + alpha1 * rs) * jnp.log1p(1.0 / den)
-
-
-def _pw92_eps(rs, zeta, fz, params: PW92Params):
-    """ε_c^PW92 given r_s, ζ and a precomputed f(ζ)."""
-    rs = jnp.asarray(rs)
-    # the three fits at once: parameters (3, 1, …) against r_s (1, …)
-    fits = (jnp.reshape(jnp.asarray(p, dtype=float), (3,) + (1,) * rs.ndim) for p in params[:6])
-    g0, g1, g2 = _pw92_g(rs[None], *fits)
-    z4 = zeta**4
-    return g0 + z4 * fz * (g1 - g0 + g2 / params.fz20) - fz * g2 / params.fz20
-
-
-def pw92_correlation_per_particle(
-    rs: Float[Array, "*shape"],
-    zeta: Float[Array, "*shape"],
-    params: PW92Params = PW92_MOD_PARAMS,
-) -> Float[Array, "*shape"]:
-    """Perdew–Wang 1992 correlation energy per particle ε_c(r_s, ζ), Hartree.
-
-    J. P. Perdew and Y. Wang, Phys. Rev. B 45, 13244 (1992), doi:10.1103/PhysRevB.45.13244, eqs.
-    (8)–(10):
-
-    ε_c = ε_c(r_s, 0) + α_c(r_s) f(ζ)/f''(0) (1 − ζ⁴) + [ε_c(r_s, 1) − ε_c(r_s, 0)] f(ζ) ζ⁴.
-
-    **Arguments:**
-
-    - `rs`: Wigner–Seitz radius (Bohr), must be > 0 (use safe values on masked points).
-    - `zeta`: spin polarisation in [−1, 1]; powers of 1 ± ζ are clamped at ε_machine as in libxc.
-    - `params`: `PW92_MOD_PARAMS` (default; libxc LDA_C_PW_MOD, used by PBE/SCAN/r²SCAN),
-      `PW92_PARAMS` (libxc LDA_C_PW), or any `PW92Params` (e.g. trainable arrays).
-
-    Differentiable with finite derivatives for r_s > 0 and all ζ. When 1 ± ζ are known more
-    accurately than from ζ (e.g. 2ρσ/n), see [`PW92Correlation`][nlxc.xc.lda.PW92Correlation].
-    """
-    opz, omz = _opz_omz(zeta)
-    return _pw92_eps(rs, zeta, f_zeta(opz, omz), params)
-
-
 class PW92Correlation(AbstractSemilocalFunctional):
     """Perdew–Wang 1992 local spin-density correlation; libxc `LDA_C_PW` (id 12).
 
@@ -413,17 +328,17 @@ class PW92Correlation(AbstractSemilocalFunctional):
 
     def per_particle(self, rs, zeta, opz, omz):
         """ε_c(r_s, ζ) in Hartree, given 1 ± ζ (already clamped) as well as ζ."""
-        return _pw92_eps(rs, zeta, f_zeta(opz, omz), self.params)
+        return pw92_epsilon(rs, zeta, f_zeta(opz, omz), self.params)
 
-    def enhanced_by(self, network):
+    def enhanced_by(self, network: PointwiseNetwork) -> AbstractFunctional:
         """PW92 correlation times a learnable factor: [`nlxc.xc.EnhancedCorrelation`][].
 
         A network with 3 inputs (s, ζ², r_s) gives a GGA; with 4 inputs (s, α, ζ², r_s) a
         self-interaction-free meta-GGA. Uses the LDA_C_PW_MOD parameters whatever `self` holds.
-        """
-        from .constraints import EnhancedCorrelation
 
-        n = getattr(network, "in_features", None)
+        **Raises:** `TypeError` for a network with another number of inputs.
+        """
+        n = network.in_features
         if n not in (3, 4):
             raise TypeError(f"a correlation network needs 3 or 4 inputs (s[, α], ζ², r_s), got {n}")
         return EnhancedCorrelation(network, use_alpha=n == 4, self_interaction_free=n == 4)

@@ -35,10 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ..constants import RS_FACTOR, X2S, X_FACTOR_C
 from ._base import AbstractSemilocalFunctional
-from .lda import _FZETA_DEN as FZETA_DENOMINATOR
-from .lda import PW92_MOD_PARAMS
-from .lda import _pw92_eps as pw92_epsilon
+from ._uniform_gas import FZETA_DENOMINATOR, PW92_MOD_PARAMS, pw92_epsilon
 from ._util import ZETA_THRESHOLD, parameter
 
 __all__ = ["R2SCANCorrelation", "R2SCANExchange", "SCANCorrelation", "SCANExchange"]
@@ -47,12 +46,10 @@ __all__ = ["R2SCANCorrelation", "R2SCANExchange", "SCANCorrelation", "SCANExchan
 # Constants (libxc `maple/util.mpl`)
 # ----------------------------------------------------------------------------------------------
 
-_PI = math.pi
-K_FACTOR_C = 3.0 / 10.0 * (6.0 * _PI**2) ** (2.0 / 3.0)  # τ_unif,σ / ρσ^{5/3}
-X2S = 1.0 / (2.0 * (6.0 * _PI**2) ** (1.0 / 3.0))  # s = X2S · |∇ρσ| / ρσ^{4/3}
-MU_GE = 10.0 / 81.0
-RS_FACTOR = (3.0 / (4.0 * _PI)) ** (1.0 / 3.0)
-X_FACTOR_C = 3.0 / 8.0 * (3.0 / _PI) ** (1.0 / 3.0) * 4.0 ** (2.0 / 3.0)  # e_x,σ^LDA = −X ρσ^{4/3}
+# RS_FACTOR (r_s = RS_FACTOR n^{−1/3}), X2S (s = X2S |∇ρσ|/ρσ^{4/3}) and X_FACTOR_C
+# (e_x,σ^LDA = −X_FACTOR_C ρσ^{4/3}) come from nlxc.constants.
+K_FACTOR_C = 3.0 / 10.0 * (6.0 * math.pi**2) ** (2.0 / 3.0)  # τ_unif,σ / ρσ^{5/3}
+MU_GE = 10.0 / 81.0  # second-order gradient-expansion coefficient of exchange
 
 TAU_THRESHOLD = 1e-20  # libxc 7 default `tau_threshold`
 R2SCAN_X_DENS_THRESHOLD = 1e-11  # libxc's `dens_threshold` of MGGA_X_R2SCAN

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import functools
 from typing import Any
 
@@ -11,6 +12,11 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 import optimistix as optx
+from jaxtyping import Array, Float
+
+from .._errors import InputError
+from ._base import SCFArguments
+from ._strategy import PRIMARY, AbstractSCFStrategy, SCFFixedPoint, SCFHistory, SCFMap
 
 
 class _WrappedSolver(lx.AbstractLinearSolver):
@@ -174,11 +180,41 @@ def _implicit_jvp(primals, tangents):
     return (root, residual), (t_root, t_residual)
 
 
-class SCFImplicitAdjoint(optx.ImplicitAdjoint):
+class AbstractSCFAdjoint(eqx.Module):
+    """How [`nlxc.scf.solve`][] solves for the fixed point and differentiates through it.
+
+    `solve` calls [`fixed_point`][nlxc.scf.AbstractSCFAdjoint.fixed_point] once, inside its
+    compiled program. Subclasses: [`SCFImplicitAdjoint`][nlxc.scf.SCFImplicitAdjoint] (the
+    implicit function theorem at the fixed point, however it was found: the whole strategy,
+    fallback included) and [`UnrolledAdjoint`][nlxc.scf.UnrolledAdjoint] (backpropagation through
+    a fixed number of iterations of the primary solver). An optimistix adjoint passed to `solve`
+    is wrapped in one (see [`as_scf_adjoint`][nlxc.scf.as_scf_adjoint]).
+    """
+
+    @abc.abstractmethod
+    def fixed_point(self, fn: SCFMap, strategy: AbstractSCFStrategy, y0: Float[Array, "2 nao nao"],
+                    args: SCFArguments, max_steps: int) -> SCFFixedPoint:
+        """The fixed point of the SCF map `fn` ([`scf_map`][nlxc.scf.scf_map]) from the density
+        matrices `y0` `(2, nao, nao)`, searched by `strategy` (an
+        [`AbstractSCFStrategy`][nlxc.scf.AbstractSCFStrategy]) with `args` within `max_steps`
+        iterations; gradients of its `value` with respect to `args` (and `y0`) are this adjoint's."""
+
+
+class SCFImplicitAdjoint(AbstractSCFAdjoint, optx.ImplicitAdjoint):
     """`optimistix.ImplicitAdjoint` (the implicit function theorem at the fixed point) whose
     linear solves fail as values: where the adjoint solve does not converge, the derivative is
     NaN rather than an exception raised from inside the compiled program. Built by
-    [`nlxc.scf.ImplicitAdjoint`][]; see there."""
+    [`nlxc.scf.ImplicitAdjoint`][]; see there.
+
+    As an [`AbstractSCFAdjoint`][nlxc.scf.AbstractSCFAdjoint] it runs the whole strategy of
+    [`nlxc.scf.solve`][] (the fallback and the stability analysis included): the derivative is
+    that of the fixed point, however it was found.
+
+    **Arguments:** `linear_solver`, a `lineax.AbstractLinearSolver` for the adjoint system.
+    """
+
+    def fixed_point(self, fn, strategy, y0, args, max_steps):
+        return strategy.search(fn, y0, args, max_steps, self)
 
     def apply(self, primal_fn, rewrite_fn, inputs, tags):
         inputs = inputs + (functools.partial(eqxi.while_loop, kind="lax"),)
@@ -224,7 +260,7 @@ def ImplicitAdjoint(rtol: float = 1e-10, atol: float = 1e-12, max_steps: int = 1
     return SCFImplicitAdjoint(linear_solver=ZeroSafeSolver(solver))
 
 
-class UnrolledAdjoint(eqx.Module):
+class UnrolledAdjoint(AbstractSCFAdjoint):
     """Backpropagate through exactly `max_steps` SCF iterations (`lax.scan`, no early exit).
 
     Each iteration is rematerialised in the backward pass when `checkpoint=True` (default), so
@@ -232,10 +268,66 @@ class UnrolledAdjoint(eqx.Module):
     matrices), not by the grid intermediates of every Fock build. This is what trajectory losses
     need (the Kohn–Sham regulariser weights the energy of every iteration): `SCFResult.history`
     holds the energy at every iteration, and the density matrices too with `densities=True`.
-    Forward mode (`jax.jvp`) works as well.
+    Forward mode (`jax.jvp`) works as well. Only the primary solver runs (no fallback).
 
     When the unrolled SCF has converged, its gradients agree with the implicit adjoint's.
     """
 
     checkpoint: bool = True
     densities: bool = False
+
+    def fixed_point(self, fn, strategy, y0, args, max_steps):
+        solver = strategy.solver
+        f_struct, aux_struct = eqx.filter_eval_shape(fn, y0, args)
+        state = solver.init(fn, y0, args, {}, f_struct, aux_struct, frozenset())
+
+        def body(carry, _):
+            y, state = carry
+            new_y, new_state, aux = solver.step(fn, y, args, {}, state, frozenset())
+            return (new_y, new_state), (aux.energy, y if self.densities else None)
+
+        if self.checkpoint:
+            body = jax.checkpoint(body)
+        (p, state), (energies, densities) = jax.lax.scan(body, (y0, state), None, length=max_steps)
+        done, result = solver.terminate(fn, p, args, {}, state, frozenset())
+        result = optx.RESULTS.where(done, result, optx.RESULTS.nonlinear_max_steps_reached)
+        return SCFFixedPoint(p, result, jnp.asarray(max_steps), jnp.asarray(PRIMARY), SCFHistory(energies, densities))
+
+
+class OptimistixAdjoint(AbstractSCFAdjoint):
+    """An optimistix adjoint that differentiates the iterations (e.g.
+    `optimistix.RecursiveCheckpointAdjoint()`): the primary solver runs alone, inside
+    `optimistix.fixed_point` with this `adjoint`."""
+
+    adjoint: optx.AbstractAdjoint
+
+    def fixed_point(self, fn, strategy, y0, args, max_steps):
+        return strategy.alone().search(fn, y0, args, max_steps, self.adjoint)
+
+
+class OptimistixImplicitAdjoint(AbstractSCFAdjoint):
+    """An `optimistix.ImplicitAdjoint`: it differentiates the fixed point however it was found,
+    so the whole strategy runs (fallback and stability analysis included), with this `adjoint`."""
+
+    adjoint: optx.ImplicitAdjoint
+
+    def fixed_point(self, fn, strategy, y0, args, max_steps):
+        return strategy.search(fn, y0, args, max_steps, self.adjoint)
+
+
+def as_scf_adjoint(adjoint: AbstractSCFAdjoint | optx.AbstractAdjoint) -> AbstractSCFAdjoint:
+    """The `adjoint` argument of [`nlxc.scf.solve`][] as an
+    [`AbstractSCFAdjoint`][nlxc.scf.AbstractSCFAdjoint]: itself, or an optimistix adjoint wrapped
+    ([`OptimistixImplicitAdjoint`][nlxc.scf.OptimistixImplicitAdjoint] for an
+    `optimistix.ImplicitAdjoint`, else [`OptimistixAdjoint`][nlxc.scf.OptimistixAdjoint]).
+
+    **Raises:** [`nlxc.InputError`][] for anything else.
+    """
+    if isinstance(adjoint, AbstractSCFAdjoint):
+        return adjoint
+    if isinstance(adjoint, optx.ImplicitAdjoint):
+        return OptimistixImplicitAdjoint(adjoint)
+    if isinstance(adjoint, optx.AbstractAdjoint):
+        return OptimistixAdjoint(adjoint)
+    raise InputError(f"adjoint must be an nlxc.scf.AbstractSCFAdjoint or an optimistix adjoint, "
+                     f"got {type(adjoint).__name__}")

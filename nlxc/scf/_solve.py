@@ -3,33 +3,21 @@
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int
 
 from .._errors import InputError
 from ..system import System
-from ..xc._base import AbstractFunctional
-
-from ._aufbau import FermiDirac, density_from_fock, level_shifted, occupations_of, orbitals
-from ._base import AbstractSCFSolver, SCFArguments, stop_gradient
+from ..xc import AbstractFunctional
+from ._adjoint import AbstractSCFAdjoint, ImplicitAdjoint, as_scf_adjoint
+from ._aufbau import FermiDirac, occupations_of, orbitals
+from ._base import AbstractSCFSolver, SCFArguments, scf_map
+from ._cdiis import CDIIS
 from ._energy import EnergyComponents, energy_and_fock
 from ._newton import OrbitalNewton
 from ._stability import StabilityAnalysis
-from .adjoint import ImplicitAdjoint, UnrolledAdjoint
-from .cdiis import CDIIS
-
-
-class SCFHistory(eqx.Module):
-    """Per-iteration record of an unrolled SCF (`UnrolledAdjoint`).
-
-    - `energies`: total energy of the input density of each iteration, `(max_steps,)`, Hartree.
-    - `density_matrices`: the input density matrices, `(max_steps, 2, nao, nao)`, or `None`.
-    """
-
-    energies: Float[Array, " steps"]
-    density_matrices: Float[Array, "steps 2 nao nao"] | None
+from ._strategy import AbstractSCFStrategy, SCFHistory, strategy_of
 
 
 class SCFResult(eqx.Module):
@@ -68,75 +56,6 @@ class SCFResult(eqx.Module):
     history: SCFHistory | None = None
 
 
-def _scf_map(density, args: SCFArguments):
-    """One Kohn–Sham step P ↦ D(F(P)), with the energy of P as auxiliary output."""
-    components, fock = energy_and_fock(args.functional, args.system, density)
-    fock = level_shifted(fock, density, args.system, args.level_shift)
-    return density_from_fock(fock, args.system, args.smearing), components.total
-
-
-def _arguments(functional, system, solver, smearing, dtype) -> SCFArguments:
-    shift = solver.level_shift if isinstance(solver, AbstractSCFSolver) else 0.0
-    return SCFArguments(functional, system, jnp.asarray(shift, dtype=dtype), smearing)
-
-
-def _unrolled(solver, p0, args, steps, adjoint):
-    struct = eqx.filter_eval_shape(_scf_map, p0, args)
-    state = solver.init(_scf_map, p0, args, {}, struct[0], struct[1], frozenset())
-
-    def body(carry, _):
-        y, state = carry
-        new_y, new_state, energy = solver.step(_scf_map, y, args, {}, state, frozenset())
-        return (new_y, new_state), (energy, y if adjoint.densities else None)
-
-    if adjoint.checkpoint:
-        body = jax.checkpoint(body)
-    (p, state), (energies, densities) = jax.lax.scan(body, (p0, state), None, length=steps)
-    done, result = solver.terminate(_scf_map, p, args, {}, state, frozenset())
-    result = optx.RESULTS.where(done, result, optx.RESULTS.nonlinear_max_steps_reached)
-    return p, result, jnp.asarray(steps), SCFHistory(energies, densities)
-
-
-# which solver finished the SCF (SCFResult.strategy)
-PRIMARY, FALLBACK, STABILITY = 0, 1, 2
-
-
-def _with_fallback(solver, fallback, stability, p0, args, max_steps, adjoint):
-    """The primary solver until it converges or stagnates, then the fallback, which carries the
-    adjoint: the implicit adjoint differentiates the fixed point itself, however it was found,
-    so the primary phase runs on stop-gradient copies of the inputs (it only finds the point).
-    When the primary solver has converged, the fallback starts from a converged point and takes
-    no step (the common case costs nothing extra, and under `jax.vmap` the fallback's loop runs
-    only while some member of the batch needs it). Between the two, an unrestricted state the
-    primary solver converged to is checked for stability: at a saddle point it is rotated
-    downhill and the fallback converges from there."""
-    first = optx.fixed_point(
-        _scf_map, solver, stop_gradient(p0), args=stop_gradient(args), has_aux=True, max_steps=max_steps,
-        options={"patience": solver.patience}, throw=False,
-    )
-    n_first = first.stats["num_steps"]
-    done = first.result == optx.RESULTS.successful
-    start = first.value
-    moved = jnp.asarray(False)
-    if stability is not None and not args.system.restricted:
-        dynamic, static = eqx.partition(stop_gradient(args), eqx.is_array)
-        start, moved = jax.lax.cond(
-            done, lambda p, d: stability.follow(p, eqx.combine(d, static))[:2], lambda p, d: (p, jnp.asarray(False)),
-            start, dynamic,
-        )
-        done = done & ~moved
-    # the fallback's own level shift (the fixed point does not depend on it, so the adjoint does not)
-    args = _arguments(args.functional, args.system, fallback, args.smearing, args.level_shift.dtype)
-    second = optx.fixed_point(
-        _scf_map, fallback, stop_gradient(start), args=args, has_aux=True, max_steps=max_steps,
-        options={"budget": max_steps - n_first, "converged": done, "patience": fallback.patience},
-        adjoint=adjoint, throw=False,
-    )
-    n_second = second.stats["num_steps"]
-    strategy = jnp.where(moved, STABILITY, jnp.where(n_second > 0, FALLBACK, PRIMARY))
-    return second.value, second.result, n_first + n_second, strategy
-
-
 def solve(
     functional: AbstractFunctional,
     system: System,
@@ -146,7 +65,7 @@ def solve(
     stability: StabilityAnalysis | None = StabilityAnalysis(),
     initial_density_matrix: Float[Array, "2 nao nao"] | None = None,
     max_steps: int = 128,
-    adjoint: optx.AbstractAdjoint | UnrolledAdjoint = ImplicitAdjoint(),
+    adjoint: AbstractSCFAdjoint | optx.AbstractAdjoint = ImplicitAdjoint(),
     smearing: FermiDirac | None = None,
     throw: bool = False,
 ) -> SCFResult:
@@ -183,10 +102,11 @@ def solve(
     - `initial_density_matrix`: `(2, nao, nao)`; default `system.initial_density_matrix`.
     - `max_steps`: the most SCF iterations allowed, over all strategies (exactly this many
       with `UnrolledAdjoint`).
-    - `adjoint`: how to differentiate through the solve: [`nlxc.scf.ImplicitAdjoint`][]
-      (default; implicit function theorem with a matrix-free BiCGStab adjoint solve), [`nlxc.scf.UnrolledAdjoint`][]
-      (backpropagation through the iterations, checkpointed, with the iterate history), or any
-      optimistix adjoint (e.g. `optimistix.RecursiveCheckpointAdjoint()`).
+    - `adjoint`: how to differentiate through the solve, an [`nlxc.scf.AbstractSCFAdjoint`][]:
+      [`nlxc.scf.ImplicitAdjoint`][] (default; implicit function theorem with a matrix-free
+      BiCGStab adjoint solve), [`nlxc.scf.UnrolledAdjoint`][] (backpropagation through the
+      iterations, checkpointed, with the iterate history), or any optimistix adjoint (e.g.
+      `optimistix.RecursiveCheckpointAdjoint()`; see [`nlxc.scf.as_scf_adjoint`][]).
     - `smearing`: `None` for aufbau occupations, or [`nlxc.scf.FermiDirac`][] for fractional
       occupations.
     - `throw`: if `True`, a non-converged or non-finite SCF raises an error (at run time, via
@@ -197,13 +117,15 @@ def solve(
     **Raises:** [`nlxc.InputError`][] (before anything is computed) for a `functional` that is
     not an `AbstractFunctional` instance (a name or a class), a `system` that is not a `System`
     or not in float64, an `initial_density_matrix` of the wrong shape or dtype, a `max_steps`
-    below 1, a fallback that is not an `AbstractSCFSolver`, or a `stability` that is not a
-    [`nlxc.scf.StabilityAnalysis`][] or `None`.
+    below 1, a fallback that is not an `AbstractSCFSolver`, a `stability` that is not a
+    [`nlxc.scf.StabilityAnalysis`][] or `None`, or an `adjoint` that is neither an
+    `AbstractSCFAdjoint` nor an optimistix adjoint.
     """
     _check_arguments(functional, system, solver, fallback, initial_density_matrix, max_steps)
     if stability is not None and not isinstance(stability, StabilityAnalysis):
         raise InputError(f"stability must be an nlxc.scf.StabilityAnalysis or None, got {type(stability).__name__}")
-    return _solve(functional, system, solver, fallback, stability, initial_density_matrix, max_steps, adjoint,
+    strategy = strategy_of(solver, fallback, stability, smearing)
+    return _solve(functional, system, strategy, initial_density_matrix, max_steps, as_scf_adjoint(adjoint),
                   smearing, throw)
 
 
@@ -238,25 +160,14 @@ def _check_arguments(functional, system, solver, fallback, initial_density_matri
 
 
 @eqx.filter_jit
-def _solve(functional, system, solver, fallback, stability, initial_density_matrix, max_steps, adjoint, smearing,
-           throw):
+def _solve(functional: AbstractFunctional, system: System, strategy: AbstractSCFStrategy,
+           initial_density_matrix: Float[Array, "2 nao nao"] | None, max_steps: int, adjoint: AbstractSCFAdjoint,
+           smearing: FermiDirac | None, throw: bool) -> SCFResult:
     p0 = system.initial_density_matrix if initial_density_matrix is None else initial_density_matrix
     functional = functional.prepare(system)  # geometry-only precomputation, once per solve
-    args = _arguments(functional, system, solver, smearing, p0.dtype)
-    strategy = jnp.asarray(PRIMARY)
-    if isinstance(adjoint, UnrolledAdjoint):
-        p, result, n_iterations, history = _unrolled(solver, p0, args, max_steps, adjoint)
-    elif (fallback is not None and isinstance(solver, AbstractSCFSolver) and smearing is None
-          and isinstance(adjoint, optx.ImplicitAdjoint)):
-        p, result, n_iterations, strategy = _with_fallback(solver, fallback, stability, p0, args, max_steps,
-                                                                   adjoint)
-        history = None
-    else:
-        solution = optx.fixed_point(
-            _scf_map, solver, p0, args=args, has_aux=True, max_steps=max_steps, adjoint=adjoint,
-            throw=False,
-        )
-        p, result, n_iterations, history = solution.value, solution.result, solution.stats["num_steps"], None
+    args = SCFArguments(functional, system, jnp.asarray(strategy.level_shift, dtype=p0.dtype), smearing)
+    found = adjoint.fixed_point(scf_map, strategy, p0, args, max_steps)
+    p, result = found.value, found.result
     if throw:
         # The check sits on the density matrix, which every returned quantity and every
         # gradient depends on, so it cannot be removed as dead code under jax.grad.
@@ -278,9 +189,9 @@ def _solve(functional, system, solver, fallback, stability, initial_density_matr
         orbital_coefficients=coefficients,
         orbital_energies=energies,
         occupations=occupations_of(energies, system, smearing),
-        n_iterations=n_iterations,
+        n_iterations=found.n_iterations,
         converged=converged,
         result=result,
-        strategy=strategy,
-        history=history,
+        strategy=found.strategy,
+        history=found.history,
     )

@@ -1,12 +1,16 @@
 """Memory of a `nlxc.System`: the formula, the arrays' actual size, and peak RSS while building.
 
     python benchmarks/system_memory.py [--molecules h2o c6h6 adenine_thymine] [--basis def2-svp]
-                                       [--grid-level 3] [--out benchmarks/results/system_memory.json]
+                                       [--grid-level 3] [--grid-block-size 128] [--ao-threshold 1e-12]
+                                       [--out benchmarks/results/system_memory.json]
 
-The System holds 8·(4·ngrid·nao + naux·nao² + 6·nao² + nao·nmo + 4·ngrid + 4·natom) bytes
-(AO values and gradients on the grid, DF tensor, S, H_core, guess (2), dipole integrals (3),
-orthogonaliser, grid coordinates and weights, nuclei). Each molecule is built in a fresh
-subprocess so that the peak resident memory is its own. Prints a table and writes JSON.
+The System holds 8·(4·block·Σ_k nblock_k·size_k + naux·nao² + 6·nao² + nao·nmo + 4·ngrid + 4·natom)
+bytes (screened AO values and gradients by blocks of grid points, DF tensor, S, H_core, guess (2),
+dipole integrals (3), orthogonaliser, grid coordinates and weights, nuclei) plus the int32 AO
+lists of the blocks. The table shows the AO blocks beside what the dense AO array would take
+(4·ngrid·nao floats, the layout before issue 14), the DF tensor, and the fraction of AO slots
+stored. Each molecule is built in a fresh subprocess so that the peak resident memory is its own.
+Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -29,26 +33,35 @@ def _atoms(name):
             "adenine_thymine": lambda: s22["Adenine-thymine_Watson-Crick_complex"]}[name]()
 
 
-def formula_bytes(nao, nmo, naux, ngrid, natom):
-    """Bytes of a System's arrays by the formula in `nlxc.System`'s docstring."""
-    return 8 * (4 * ngrid * nao + naux * nao**2 + 6 * nao**2 + nao * nmo + 4 * ngrid + 4 * natom)
+def formula_bytes(nao, nmo, naux, ngrid, natom, ao_floats):
+    """Bytes of a System's arrays by the formula in `nlxc.System`'s docstring (`ao_floats`: the
+    number of stored AO values, 4·block·Σ_k nblock_k·size_k; 4·ngrid·nao for dense storage)."""
+    return 8 * (ao_floats + naux * nao**2 + 6 * nao**2 + nao * nmo + 4 * ngrid + 4 * natom)
 
 
-def _child(name, basis, grid_level):
+def _child(name, basis, grid_level, block, threshold):
     import jax
 
     import nlxc
 
     atoms = _atoms(name)
     t = time.perf_counter()
-    system = nlxc.System.from_ase(atoms, basis, grid_level=grid_level)
+    system = nlxc.System.from_ase(atoms, basis, grid_level=grid_level, grid_block_size=block,
+                                  ao_threshold=threshold)
     jax.block_until_ready(system)
     elapsed = time.perf_counter() - t
     actual = sum(x.nbytes for x in jax.tree.leaves(system))
     natom = len(atoms)
+    layout = system.ao_blocks.layout
+    ao_floats = 4 * layout.block_size * sum(size * n for size, n in layout.groups)
+    dense = 4 * system.ngrid * system.nao
     out = {"molecule": name, "natom": natom, "nao": system.nao, "nmo": system.nmo, "naux": system.naux,
-           "ngrid": system.ngrid, "formula_mb": formula_bytes(system.nao, system.nmo, system.naux, system.ngrid,
-                                                              natom) / 2**20,
+           "ngrid": system.ngrid, "grid_block_size": block, "ao_threshold": threshold,
+           "ao_groups": [list(g) for g in layout.groups],
+           "formula_mb": formula_bytes(system.nao, system.nmo, system.naux, system.ngrid, natom, ao_floats) / 2**20,
+           "dense_formula_mb": formula_bytes(system.nao, system.nmo, system.naux, system.ngrid, natom, dense) / 2**20,
+           "ao_blocks_mb": system.ao_blocks.nbytes / 2**20, "dense_ao_mb": 8 * dense / 2**20,
+           "cderi_mb": system.cderi.nbytes / 2**20, "ao_fraction": ao_floats / dense,
            "arrays_mb": actual / 2**20, "build_s": elapsed,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     print("RESULT " + json.dumps(out))
@@ -59,27 +72,37 @@ def main():
     p.add_argument("--molecules", nargs="+", default=["h2o", "c6h6", "adenine_thymine"])
     p.add_argument("--basis", default="def2-svp")
     p.add_argument("--grid-level", type=int, default=3)
+    p.add_argument("--grid-block-size", type=int, default=None, help="default: nlxc.system.GRID_BLOCK_SIZE")
+    p.add_argument("--ao-threshold", type=float, default=None, help="default: nlxc.system.AO_SCREENING_THRESHOLD")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "system_memory.json"))
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.grid_block_size is None or a.ao_threshold is None:
+        from nlxc.system import AO_SCREENING_THRESHOLD, GRID_BLOCK_SIZE
+
+        a.grid_block_size = GRID_BLOCK_SIZE if a.grid_block_size is None else a.grid_block_size
+        a.ao_threshold = AO_SCREENING_THRESHOLD if a.ao_threshold is None else a.ao_threshold
     if a.child:
-        return _child(a.child, a.basis, a.grid_level)
+        return _child(a.child, a.basis, a.grid_level, a.grid_block_size, a.ao_threshold)
     rows = []
-    print(f"{'molecule':<17}{'atoms':>6}{'nao':>6}{'naux':>6}{'ngrid':>9}{'formula MB':>12}{'arrays MB':>11}"
-          f"{'peak RSS MB':>13}{'build s':>9}")
+    print(f"{'molecule':<17}{'atoms':>6}{'nao':>6}{'naux':>6}{'ngrid':>9}{'AO MB':>9}{'dense AO MB':>13}"
+          f"{'AO kept':>9}{'DF MB':>8}{'arrays MB':>11}{'dense MB':>10}{'peak RSS MB':>13}{'build s':>9}")
     for name in a.molecules:
         proc = subprocess.run([sys.executable, __file__, "--child", name, "--basis", a.basis,
-                               "--grid-level", str(a.grid_level)], capture_output=True, text=True)
+                               "--grid-level", str(a.grid_level), "--grid-block-size", str(a.grid_block_size),
+                               "--ao-threshold", repr(a.ao_threshold)], capture_output=True, text=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
             raise SystemExit(proc.stderr[-2000:])
         r = json.loads(line[0][7:])
         rows.append(r)
-        print(f"{r['molecule']:<17}{r['natom']:>6}{r['nao']:>6}{r['naux']:>6}{r['ngrid']:>9}{r['formula_mb']:>12.1f}"
-              f"{r['arrays_mb']:>11.1f}{r['peak_rss_mb']:>13.0f}{r['build_s']:>9.1f}", flush=True)
+        print(f"{r['molecule']:<17}{r['natom']:>6}{r['nao']:>6}{r['naux']:>6}{r['ngrid']:>9}{r['ao_blocks_mb']:>9.1f}"
+              f"{r['dense_ao_mb']:>13.1f}{r['ao_fraction']:>9.1%}{r['cderi_mb']:>8.1f}{r['arrays_mb']:>11.1f}"
+              f"{r['dense_formula_mb']:>10.1f}{r['peak_rss_mb']:>13.0f}{r['build_s']:>9.1f}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as fh:
-        json.dump({"basis": a.basis, "grid_level": a.grid_level, "rows": rows}, fh, indent=2)
+        json.dump({"basis": a.basis, "grid_level": a.grid_level, "grid_block_size": a.grid_block_size,
+                   "ao_threshold": a.ao_threshold, "rows": rows}, fh, indent=2)
     print(f"\nwrote {a.out}")
 
 

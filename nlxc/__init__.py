@@ -8,7 +8,7 @@ import jax as _jax
 _jax.config.update("jax_enable_x64", True)
 
 from . import batch, data, models, scf, xc  # noqa: E402
-from . import losses  # noqa: E402
+from . import losses, response  # noqa: E402
 from . import evaluation, train  # noqa: E402
 from ._errors import InputError  # noqa: E402
 from ._version import __version__  # noqa: E402
@@ -17,7 +17,7 @@ from .grid_operators import AuxiliaryGridOperators, GridOperatorSpec  # noqa: E4
 from .properties import density_on_grid, dipole_moment, homo_lumo  # noqa: E402
 from .scf import SCFResult, solve  # noqa: E402
 from .system import System, build_mole, mole_from_xyz, pad_system, pad_to_common_shape  # noqa: E402
-from .xc import get_functional  # noqa: E402
+from .models import get_functional  # noqa: E402  (the xc registry plus pretrained models: "skala")
 
 __all__ = [
     "__version__",
@@ -25,6 +25,7 @@ __all__ = [
     "GridOperatorSpec",
     "Density",
     "losses",
+    "response",
     "evaluation",
     "train",
     "batch",

@@ -23,7 +23,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Int
 
 from .scf import solve
-from .system import System, pad_system
+from .system import BlockLayout, System, pad_system
 
 __all__ = [
     "Batch",
@@ -228,6 +228,7 @@ def make_batches(
     for group in groups:
         mixed = len({systems[i].restricted for i in group}) > 1
         shape = BucketShape.covering([systems[i] for i in group], multiple)
+        layout = BlockLayout.covering([systems[i].ao_blocks.layout for i in group], shape.nao)
         size = len(group) if batch_size is None else batch_size
         for start in range(0, len(group), size):
             chunk = group[start : start + size]
@@ -236,7 +237,7 @@ def make_batches(
             for i in chunk + [chunk[-1]] * fill:
                 s = systems[i]
                 s = as_unrestricted(s) if mixed else s
-                padded.append(pad_system(s, **dataclasses.asdict(shape), host=True))
+                padded.append(pad_system(s, **dataclasses.asdict(shape), blocks=layout, host=True))
             batches.append(
                 Batch(
                     system=stack(padded),

@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     scf.add_argument("--grid-level", type=int, default=3, help="PySCF grid level 0-9 (default 3)")
     scf.add_argument("--auxbasis", default=None, help="auxiliary basis (default: PySCF's JK-fit choice)")
     scf.add_argument("--max-steps", type=int, default=128, help="maximum SCF iterations (default 128)")
+    scf.add_argument("--tddft", type=int, default=None, metavar="N",
+                     help="also compute the N lowest excitation energies by linear-response TDDFT (nlxc.response)")
+    scf.add_argument("--tda", action="store_true", help="with --tddft: the Tamm-Dancoff approximation")
+    scf.add_argument("--triplet", action="store_true",
+                     help="with --tddft: triplet instead of singlet excitations (closed shells)")
     scf.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     train = sub.add_parser("train", help="train a functional through the SCF from a config file",
@@ -208,16 +213,19 @@ def _run_scf(args) -> int:
     from .scf import solve
     from .scf import CDIIS
     from .system import System, mole_from_xyz
-    from .xc import get_functional
+    from .models import get_functional
 
     if not 0 <= args.grid_level <= 9:
         raise InputError(f"grid level must be between 0 and 9, got {args.grid_level}")
     if args.max_steps < 1:
         raise InputError(f"--max-steps must be positive, got {args.max_steps}")
+    _check_tddft_options(args)
     functional = get_functional(args.xc)
     mol = mole_from_xyz(_geometry_path(args.geometry), args.basis, charge=args.charge, spin=args.spin)
     t0 = time.perf_counter()
     system = System.from_pyscf(mol, grid_level=args.grid_level, auxbasis=args.auxbasis)
+    if args.tddft is not None:
+        _check_tddft_space(args.tddft, mol.nelec, system)
     t1 = time.perf_counter()
     result = solve(functional, system, CDIIS(), max_steps=args.max_steps)
     result.energy.block_until_ready()
@@ -248,6 +256,19 @@ def _run_scf(args) -> int:
         "time_system_s": t1 - t0,
         "time_scf_s": t2 - t1,
     }
+    excitations = None
+    if args.tddft is not None and out["converged"]:
+        from .response import tddft
+
+        try:
+            excitations = tddft(functional, system, result, args.tddft, tda=args.tda, triplet=args.triplet)
+        except np.linalg.LinAlgError as err:  # an unstable reference: imaginary RPA roots
+            print(f"nlxc: error: TDDFT failed: {err}; try --tda", file=sys.stderr)
+            return EXIT_FAILED
+        out["excitation_energies"] = [float(w) for w in np.asarray(excitations.energies)]
+        out["oscillator_strengths"] = [float(f) for f in np.asarray(excitations.oscillator_strengths)]
+        out["tddft"] = {"method": "TDA" if args.tda else "RPA", "spin": excitations.spin,
+                        "converged": bool(excitations.converged), "time_s": time.perf_counter() - t2}
     if args.json:
         print(json.dumps(out))
     else:
@@ -265,7 +286,45 @@ def _run_scf(args) -> int:
         status = "converged" if out["converged"] else "NOT CONVERGED"
         print(f"  SCF {status} in {out['n_iterations']} iterations "
               f"({t2 - t1:.2f} s including compilation; System built in {t1 - t0:.2f} s)")
-    return EXIT_OK if out["converged"] else EXIT_FAILED
+        if excitations is not None:
+            _print_excitations(out)
+    ok = out["converged"] and (excitations is None or out["tddft"]["converged"])
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _check_tddft_options(args) -> None:
+    """One-line errors for the TDDFT options, before anything is computed."""
+    if args.tddft is None:
+        if args.tda or args.triplet:
+            raise InputError("--tda and --triplet need --tddft N (the number of excited states)")
+        return
+    if args.tddft < 1:
+        raise InputError(f"--tddft needs a positive number of excited states, got {args.tddft}")
+    if args.triplet and args.spin != 0:
+        raise InputError(f"--triplet needs a closed-shell (restricted) reference, but --spin is {args.spin}; "
+                         "an open-shell --tddft gives all spin states together")
+
+
+def _check_tddft_space(n_states: int, nelec: tuple[int, int], system) -> None:
+    """At most as many states as single excitations (occupied x virtual, per spin)."""
+    n_alpha, n_beta = nelec
+    if system.restricted:
+        dim = n_alpha * (system.nmo - n_alpha)
+    else:
+        dim = n_alpha * (system.nmo - n_alpha) + n_beta * (system.nmo - n_beta)
+    if n_states > dim:
+        raise InputError(f"--tddft {n_states}: there are only {dim} single excitations in this basis")
+
+
+def _print_excitations(out) -> None:
+    from pyscf.data.nist import HARTREE2EV
+
+    tddft = out["tddft"]
+    status = "" if tddft["converged"] else "  (NOT CONVERGED)"
+    print(f"  TDDFT ({tddft['method']}, {tddft['spin']}){status}, {tddft['time_s']:.2f} s")
+    print("    state   energy / Ha      energy / eV   oscillator strength")
+    for n, (w, f) in enumerate(zip(out["excitation_energies"], out["oscillator_strengths"]), start=1):
+        print(f"    {n:5d}  {w:12.6f}  {w * HARTREE2EV:14.4f}  {f:20.6f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     **Returns:** the exit status:
 
     - `0`: success.
-    - `1`: the SCF did not converge (`nlxc scf`, which still prints its result, marked
-      `NOT CONVERGED`), training failed (`nlxc train`), or some PySCF reference calculations
+    - `1`: the SCF (or, with `--tddft`, the excitation eigensolver) did not converge (`nlxc scf`,
+      which still prints its result, marked `NOT CONVERGED`), training failed (`nlxc train`), or some PySCF reference calculations
       of `nlxc evaluate` failed; a one-line message on standard error.
     - `2`: bad input: an unreadable or ill-formed geometry, an unknown element, basis,
       auxiliary basis, functional, benchmark set, reaction or baseline, a charge/spin

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -30,17 +33,20 @@ class Density(eqx.Module):
     def from_density_matrix(cls, density_matrix: Float[Array, "2 nao nao"], system: System) -> Density:
         """Evaluate the features of the α and β density matrices `(2, nao, nao)` on `system`'s grid.
 
-        The density matrices are assumed symmetric. Cost: O(ngrid · nao²) per spin for ρ and ∇ρ,
-        four times that for τ.
+        The density matrices are assumed symmetric. The grid is worked through block by block
+        ([`System.map_grid_blocks`][nlxc.System.map_grid_blocks]): each block contracts only the
+        basis functions that are non-negligible on it (the System's AO screening), with
+        Pσ gathered to those functions. Cost: O(block · size²) per block and spin for ρ and
+        ∇ρ, four times that for τ; memory, in forward and reverse mode (the Fock matrix, JVPs),
+        O(block · nao + nao²) beyond the stored AO values and the O(ngrid) features.
         """
-        ao = system.ao
         if system.restricted:
             # Pα = Pβ: evaluate once on their mean (which keeps ∂E/∂Pα = ∂E/∂Pβ exact).
             mean = 0.5 * (density_matrix[0] + density_matrix[1])
-            one = _features(ao, mean[None])
+            one = _features(mean[None], system.ao_blocks, system.ngrid)
             rho, gradient, tau = (jnp.concatenate([x, x]) for x in one)
         else:
-            rho, gradient, tau = _features(ao, density_matrix)
+            rho, gradient, tau = _features(density_matrix, system.ao_blocks, system.ngrid)
         sigma = jnp.stack(
             [
                 jnp.einsum("xg,xg->g", gradient[0], gradient[0]),
@@ -51,11 +57,18 @@ class Density(eqx.Module):
         return cls(rho=rho, gradient=gradient, sigma=sigma, tau=tau)
 
 
-def _features(ao, density_matrix):
-    # (nspin, ngrid, nao): Σ_ν Pσ_μν φ_ν(r)
-    p_phi = jnp.einsum("gn,smn->sgm", ao[0], density_matrix)
+@functools.partial(jax.jit, static_argnums=2)  # one compilation per shape when called outside jit
+def _features(density_matrix, ao_blocks, ngrid):
+    return ao_blocks.map(functools.partial(_block_features, density_matrix=density_matrix), ngrid)
+
+
+def _block_features(ao, indices, density_matrix):
+    """ρσ, ∇ρσ, τσ on one block: `ao` `(4, block, size)`, `indices` `(size,)`, Pσ `(nspin, nao, nao)`."""
+    p = density_matrix[:, indices[:, None], indices[None, :]]  # (nspin, size, size)
+    # (nspin, block, size): Σ_ν Pσ_μν φ_ν(r)
+    p_phi = jnp.einsum("gn,smn->sgm", ao[0], p)
     rho = jnp.einsum("sgm,gm->sg", p_phi, ao[0])
     gradient = 2.0 * jnp.einsum("sgm,xgm->sxg", p_phi, ao[1:4])
-    p_dphi = jnp.einsum("xgn,smn->sxgm", ao[1:4], density_matrix)
+    p_dphi = jnp.einsum("xgn,smn->sxgm", ao[1:4], p)
     tau = 0.5 * jnp.einsum("sxgm,xgm->sg", p_dphi, ao[1:4])
     return rho, gradient, tau

@@ -6,11 +6,13 @@ PySCF computes everything here once, in numpy; downstream everything is JAX.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import functools
+import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import equinox as eqx
 import jax
@@ -106,6 +108,280 @@ def _write_block(buffer, block, start, axis):
     return jax.lax.dynamic_update_slice(buffer, block.astype(buffer.dtype), tuple(index))
 
 
+GRID_BLOCK_SIZE = 192
+"""Default number of grid points per block of the AO values (`System.from_pyscf(grid_block_size=...)`)."""
+
+AO_SCREENING_THRESHOLD = 1e-10
+"""Default AO screening threshold (`System.from_pyscf(ao_threshold=...)`): a basis function enters a
+block of grid points only if max(|φ|, |∂xφ|, |∂yφ|, |∂zφ|) over the block's points exceeds it."""
+
+# Padded sizes of the per-block AO lists: 4·2^(k/2) rounded up to a multiple of 4 (4, 8, 12, 16,
+# 24, 32, 48, 64, 92, 128, 184, 256, 364, ...), capped at nao; a System uses at most
+# `_MAX_AO_GROUPS` of them (chosen to store the fewest values), one compiled loop over blocks
+# each: adenine–thymine (def2-SVP, grid level 3) stores 49 % of the dense AO values with 4 sizes,
+# 48 % with all 10 it would use, 41 % without padding.
+_AO_LIST_SIZES = tuple(sorted({-(-math.ceil(4 * 2 ** (k / 2)) // 4) * 4 for k in range(48)}))
+_MAX_AO_GROUPS = 4
+_NO_BLOCK = np.iinfo(np.int32).max  # the grid position of a filler block (dropped on assembly)
+
+
+def _padded_list_size(n: int, nao: int) -> int:
+    """The padded length of a block's AO list holding `n` functions, for `nao` functions in all."""
+    return min(next(s for s in _AO_LIST_SIZES if s >= n), nao)
+
+
+def _choose_list_sizes(sizes: np.ndarray, max_groups: int) -> list[int]:
+    """At most `max_groups` of the distinct values in `sizes` (always the largest), chosen so that
+    Σ_b (smallest chosen size ≥ sizes[b]) is smallest (exact dynamic programme, private)."""
+    values, counts = np.unique(sizes, return_counts=True)
+    n = len(values)
+    below = np.concatenate([[0], np.cumsum(counts)])  # blocks of sizes values[:j]
+    inf = float("inf")
+    cost = np.full((max_groups + 1, n), inf)  # cost[k, j]: values[:j+1] in k groups, the last values[j]
+    back = np.zeros((max_groups + 1, n), dtype=int)
+    cost[1] = below[1:] * values
+    for k in range(2, max_groups + 1):
+        for j in range(n):
+            for i in range(j):
+                c = cost[k - 1, i] + (below[j + 1] - below[i + 1]) * values[j]
+                if c < cost[k, j]:
+                    cost[k, j], back[k, j] = c, i
+    k = int(np.argmin(cost[1:, n - 1])) + 1
+    chosen, j = [], n - 1
+    while k >= 1:
+        chosen.append(int(values[j]))
+        j, k = back[k, j], k - 1
+    return sorted(chosen)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockLayout:
+    """The static shape of a System's screened AO blocks ([`AOBlocks`][nlxc.system.AOBlocks]).
+
+    - `block_size`: grid points per block.
+    - `groups`: `((list_size, nblock), ...)`: for each group, the padded length of its blocks' AO
+      lists and its number of blocks, by increasing list size.
+
+    Systems of equal layout (and equal `nao`, `naux`, `ngrid`, atom count) can be stacked.
+    """
+
+    block_size: int
+    groups: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def covering(cls, layouts: Sequence[BlockLayout], nao: int) -> BlockLayout:
+        """The smallest layout of the standard list sizes (capped at `nao`) that holds each of
+        `layouts`: a group of list size s goes to the smallest covering size ≥ s, and each
+        covering group has as many blocks as the largest number any layout puts there.
+
+        **Raises:** `ValueError` for layouts of different block sizes, an empty list, or a list
+        size above `nao`.
+        """
+        layouts = list(layouts)
+        if not layouts:
+            raise ValueError("no layouts to cover")
+        sizes = {x.block_size for x in layouts}
+        if len(sizes) > 1:
+            raise ValueError(f"Systems have different grid block sizes {sorted(sizes)}")
+        counts: dict[int, int] = {}
+        for layout in layouts:
+            mine: dict[int, int] = {}
+            for size, n in layout.groups:
+                if size > nao:
+                    raise ValueError(f"an AO list of {size} functions does not fit nao={nao}")
+                target = _padded_list_size(size, nao)
+                mine[target] = mine.get(target, 0) + n
+            for target, n in mine.items():
+                counts[target] = max(counts.get(target, 0), n)
+        return cls(layouts[0].block_size, tuple(sorted(counts.items())))
+
+
+class AOBlocks(eqx.Module):
+    """AO values and gradients on the grid, stored by blocks of grid points, screened.
+
+    The grid (in PySCF's order, which groups nearby points) is cut into blocks of `block_size`
+    consecutive points (the last one zero-padded). For each block only the basis functions that
+    are non-negligible on it are stored: function μ enters block b if
+    max over b's points of max(|φ_μ|, |∂xφ_μ|, |∂yφ_μ|, |∂zφ_μ|) exceeds the System's screening
+    threshold ([`AO_SCREENING_THRESHOLD`][nlxc.system.AO_SCREENING_THRESHOLD] by default;
+    PySCF's numint screens whole shells per block of 56 points the same way, against
+    `grids.cutoff`). A block's list is padded to one of a few sizes (entries pointing at AO 0,
+    with zero values) and blocks of equal padded size form a group, so that every shape is
+    static. Group k holds:
+
+    - `values[k]`: φ, ∂xφ, ∂yφ, ∂zφ of the listed functions, `(nblock_k, 4, block_size, size_k)`.
+    - `indices[k]`: the listed functions' AO indices, `(nblock_k, size_k)` (int32).
+    - `positions[k]`: each block's number along the grid (block b covers grid points
+      `b·block_size … (b+1)·block_size − 1`), `(nblock_k,)` (int32); filler blocks (added by
+      padding to a common layout) hold `2³¹ − 1` and are never read back.
+
+    Grid blocks in no group (those added by padding the grid) have zero AO values.
+    Use [`System.map_grid_blocks`][nlxc.System.map_grid_blocks] to evaluate grid quantities
+    block by block, [`System.ao_values`][nlxc.System.ao_values] for the dense array.
+    """
+
+    values: tuple[Float[Array, "nblock 4 block nsub"], ...]
+    indices: tuple[Int[Array, "nblock nsub"], ...]
+    positions: tuple[Int[Array, " nblock"], ...]
+
+    @property
+    def block_size(self) -> int:
+        """Grid points per block."""
+        return self.values[0].shape[-2]
+
+    @property
+    def layout(self) -> BlockLayout:
+        """The static [`BlockLayout`][nlxc.system.BlockLayout] (a stacked batch: of one entry)."""
+        return BlockLayout(self.block_size, tuple((v.shape[-1], v.shape[-4]) for v in self.values))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored arrays."""
+        return sum(x.nbytes for x in (*self.values, *self.indices, *self.positions))
+
+    def map(self, fn: Callable, ngrid: int):
+        """Evaluate `fn(ao, indices)` on every block and assemble the results along the grid.
+
+        `fn` receives one block's `ao` `(4, block_size, size)` and `indices` `(size,)` and
+        returns a pytree of arrays whose last axis is the block's points `(..., block_size)`;
+        the result is the same pytree with last axis `ngrid` (zero on points of no block).
+        The blocks of each group run in a `jax.lax.map` of the checkpointed `fn`, so reverse
+        mode stores no per-block intermediate beyond `fn`'s inputs: memory O(block · nao) for
+        the work of one block, plus `fn`'s closed-over operands and the outputs.
+        """
+        block = self.block_size
+        nblock = -(-ngrid // block)
+        body = jax.checkpoint(lambda xs: fn(*xs), prevent_cse=False)
+        full = None
+        for values, indices, positions in zip(self.values, self.indices, self.positions):
+            out = jax.lax.map(body, (values, indices))
+            if full is None:
+                full = jax.tree.map(lambda y: jnp.zeros((nblock,) + y.shape[1:], y.dtype), out)
+            full = jax.tree.map(lambda f, y: f.at[positions].set(y, mode="drop"), full, out)
+
+        def assemble(f):
+            f = jnp.moveaxis(f, 0, -2)
+            return f.reshape(f.shape[:-2] + (nblock * block,))[..., :ngrid]
+
+        return jax.tree.map(assemble, full)
+
+    def dense(self, ngrid: int, nao: int) -> Float[Array, "4 ngrid nao"]:
+        """The AO values and gradients on the whole grid, `(4, ngrid, nao)` (screened-out ones
+        zero). Memory O(ngrid · nao): for tests and diagnostics, not for the SCF."""
+        def fn(ao, indices):
+            return jnp.moveaxis(jnp.zeros((4, ao.shape[1], nao), ao.dtype).at[:, :, indices].add(ao), 1, -1)
+
+        return jnp.moveaxis(self.map(fn, ngrid), -1, 1)
+
+    def relayout(self, layout: BlockLayout, xp=np) -> AOBlocks:
+        """The same blocks in `layout` (a covering one, see
+        [`BlockLayout.covering`][nlxc.system.BlockLayout.covering]): each group moves to the
+        smallest list size of `layout` at least its own, lists padded with AO 0 at zero value,
+        groups filled with zero blocks. `xp` is `numpy` (host) or `jax.numpy`.
+
+        **Raises:** `ValueError` if `layout` does not hold these blocks.
+        """
+        if layout.block_size != self.block_size:
+            raise ValueError(f"cannot change the grid block size from {self.block_size} to {layout.block_size}")
+        targets = [size for size, _ in layout.groups]
+        moved: dict[int, list] = {size: [] for size in targets}
+        for values, indices, positions in zip(self.values, self.indices, self.positions):
+            size = values.shape[-1]
+            target = next((t for t in targets if t >= size), None)
+            if target is None:
+                raise ValueError(f"the layout has no AO list of {size} functions or more")
+            extra = target - size
+            moved[target].append((xp.pad(xp.asarray(values), ((0, 0), (0, 0), (0, 0), (0, extra))),
+                                  xp.pad(xp.asarray(indices), ((0, 0), (0, extra))), xp.asarray(positions)))
+        new_values, new_indices, new_positions = [], [], []
+        for size, count in layout.groups:
+            parts = moved[size]
+            have = sum(p[0].shape[0] for p in parts)
+            if have > count:
+                raise ValueError(f"{have} blocks do not fit the layout's {count} of list size {size}")
+            fill = count - have
+            parts = parts + [(xp.zeros((fill, 4, self.block_size, size)), xp.zeros((fill, size), dtype=np.int32),
+                              xp.full((fill,), _NO_BLOCK, dtype=np.int32))]
+            new_values.append(xp.concatenate([p[0] for p in parts]))
+            new_indices.append(xp.concatenate([p[1] for p in parts]).astype(np.int32))
+            new_positions.append(xp.concatenate([p[2] for p in parts]).astype(np.int32))
+        return AOBlocks(tuple(new_values), tuple(new_indices), tuple(new_positions))
+
+
+# Jitted (module-level, so that calls outside jit reuse one compilation per shape; inside jit
+# they are inlined).
+@functools.partial(jax.jit, static_argnums=2)
+def _orbital_values(blocks, coefficients, ngrid):
+    def fn(ao, indices):
+        return jnp.einsum("gm,...mk->...kg", ao[0], coefficients[..., indices, :])
+
+    return jnp.swapaxes(blocks.map(fn, ngrid), -1, -2)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _density_values(blocks, matrix, ngrid):
+    def fn(ao, indices):
+        sub = matrix[..., indices[:, None], indices[None, :]]
+        return jnp.einsum("gm,...mn,gn->...g", ao[0], sub, ao[0])
+
+    return blocks.map(fn, ngrid)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _dense_ao(blocks, ngrid, nao):
+    return blocks.dense(ngrid, nao)
+
+
+def _screened_ao_blocks(mol, coords, block_size, threshold, chunk_size) -> AOBlocks:
+    """AO values and gradients of `mol` at `coords` (Bohr), screened by blocks (private).
+
+    Two passes over the grid with PySCF's `eval_ao`: the first finds each block's list, the
+    second writes the values into the final device buffers, so that no more than one chunk of
+    dense AO values is held at a time.
+    """
+    from pyscf import dft
+
+    ngrid, nao = len(coords), mol.nao
+    nblock = -(-ngrid // block_size)
+    chunk = max(block_size, chunk_size // block_size * block_size)
+
+    def chunks():
+        for start in range(0, ngrid, chunk):
+            yield start // block_size, dft.numint.eval_ao(mol, coords[start : start + chunk], deriv=1)
+
+    keep = np.zeros((nblock, nao), dtype=bool)
+    for first, ao in chunks():
+        largest = np.abs(ao).max(axis=0)  # (points, nao)
+        starts = np.arange(0, largest.shape[0], block_size)
+        keep[first : first + len(starts)] = np.maximum.reduceat(largest, starts, axis=0) > threshold
+    sizes = np.array([_padded_list_size(int(n), nao) for n in keep.sum(axis=1)])
+    groups = _choose_list_sizes(sizes, _MAX_AO_GROUPS)
+    sizes = np.array([next(g for g in groups if g >= n) for n in sizes])
+    slot = np.zeros(nblock, dtype=int)
+    indices, positions, values = [], [], []
+    for size in groups:
+        members = np.flatnonzero(sizes == size)
+        slot[members] = np.arange(len(members))
+        lists = np.zeros((len(members), size), dtype=np.int32)
+        for i, b in enumerate(members):
+            mine = np.flatnonzero(keep[b])
+            lists[i, : len(mine)] = mine
+        indices.append(lists)
+        positions.append(members.astype(np.int32))
+        values.append(jnp.zeros((len(members), 4, block_size, size)))
+    group_of = {size: k for k, size in enumerate(groups)}
+    for first, ao in chunks():
+        for j in range(-(-ao.shape[1] // block_size)):
+            b = first + j
+            k = group_of[int(sizes[b])]
+            mine = np.flatnonzero(keep[b])
+            points = ao[:, j * block_size : (j + 1) * block_size]
+            block = np.zeros((1, 4, block_size, groups[k]))
+            block[0, :, : points.shape[1], : len(mine)] = points[:, :, mine]
+            values[k] = _write_block(values[k], block, int(slot[b]), 0)
+    return AOBlocks(tuple(values), tuple(jnp.asarray(x) for x in indices), tuple(jnp.asarray(x) for x in positions))
+
+
 class System(eqx.Module):
     """A molecule with its basis-set integrals, density-fitting tensor and integration grid.
 
@@ -123,7 +399,13 @@ class System(eqx.Module):
       1e-8 dropped), `(nao, nmo)`.
     - `cderi`: Cholesky-orthogonalised density-fitting tensor B with
       (μν|λσ) ≈ Σ_Q B_Qμν B_Qλσ, `(naux, nao, nao)`, Hartree^½.
-    - `ao`: AO values and their x, y, z derivatives on the grid, `(4, ngrid, nao)`.
+    - `ao_blocks`: the AO values and their x, y, z derivatives on the grid, by blocks of grid
+      points, screened ([`AOBlocks`][nlxc.system.AOBlocks]): only the basis functions
+      non-negligible on a block are stored for it. Grid quantities are evaluated block by block
+      with [`map_grid_blocks`][nlxc.System.map_grid_blocks],
+      [`orbital_values`][nlxc.System.orbital_values] and
+      [`density_values`][nlxc.System.density_values]; [`ao_values`][nlxc.System.ao_values]
+      rebuilds the dense `(4, ngrid, nao)` array on request.
     - `grid_coords` `(ngrid, 3)` Bohr and `grid_weights` `(ngrid,)` Bohr³: PySCF's molecular grid.
     - `atom_charges` `(natom,)` and `atom_coords` `(natom, 3)` Bohr: nuclei.
     - `nuclear_repulsion`: scalar, Hartree.
@@ -139,20 +421,22 @@ class System(eqx.Module):
       C6H6: 442 MB per operator).
 
     **Memory.** With 8-byte floats a System holds about
-    `8·(4·ngrid·nao + naux·nao² + 6·nao² + nao·nmo + 4·ngrid + 4·natom)` bytes, dominated by the
-    AO values on the grid and the DF tensor. Measured (def2-SVP, def2-universal-jkfit, grid
-    level 3): H2O (nao=24, naux=113, ngrid=33 664): 26 MB; C6H6 (nao=114, naux=558,
-    ngrid=142 776): 557 MB; the 30-atom adenine–thymine pair of S22 (nao=321, naux=1641,
-    ngrid=372 686): 4.96 GB, with a peak of 5.8 GB resident while building (AOs and the DF tensor
-    are written block by block into the final buffers).
-    `benchmarks/system_memory.py` prints these numbers for any molecule.
+    `8·(4·block·Σ_k nblock_k·size_k + naux·nao² + 6·nao² + nao·nmo + 4·ngrid + 4·natom)` bytes,
+    dominated by the screened AO values (at most the dense `4·ngrid·nao`, less the more spread
+    out the molecule) and the DF tensor. Measured (def2-SVP, def2-universal-jkfit, grid level 3,
+    blocks of 192 points, threshold 1e-10): H2O (nao=24, naux=113, ngrid=33 664): 26 MB (AOs 97 %
+    of dense); C6H6 (nao=114, naux=558, ngrid=142 776): 479 MB (AOs 419 MB, 84 % of dense; the DF
+    tensor 55 MB); the 30-atom adenine–thymine pair of S22 (nao=321, naux=1641, ngrid=372 686):
+    3.15 GB (AOs 1.84 GB, 50 % of the dense 3.65 GB; the DF tensor 1.29 GB), 4.96 GB with dense
+    AOs. `benchmarks/system_memory.py` prints these numbers for any molecule (results in
+    `benchmarks/results/system_memory.json`).
     """
 
     overlap: Float[Array, "nao nao"]
     core_hamiltonian: Float[Array, "nao nao"]
     orthogonalizer: Float[Array, "nao nmo"]
     cderi: Float[Array, "naux nao nao"]
-    ao: Float[Array, "4 ngrid nao"]
+    ao_blocks: AOBlocks
     grid_coords: Float[Array, "ngrid 3"]
     grid_weights: Float[Array, " ngrid"]
     atom_charges: Float[Array, " natom"]
@@ -184,6 +468,37 @@ class System(eqx.Module):
         """Number of (Cholesky-orthogonalised) auxiliary basis functions."""
         return self.cderi.shape[-3]
 
+    def map_grid_blocks(self, fn: Callable):
+        """Evaluate `fn(ao, indices)` block by block over the grid and assemble the results.
+
+        `fn` gets one block's AO values and gradients `ao` `(4, block, size)` (φ, ∂xφ, ∂yφ, ∂zφ
+        of the block's `size` screened basis functions, Bohr^-3/2 and Bohr^-5/2) and their AO
+        indices `(size,)` (padding entries point at AO 0 with zero values, so a matrix gathered
+        as `M[indices][:, indices]` contributes nothing through them), and returns a pytree of
+        arrays whose last axis is the block's points, `(..., block)`.
+
+        **Returns:** that pytree with last axis `ngrid`. Each group of blocks runs in a
+        `jax.lax.map` of the checkpointed `fn` (see [`AOBlocks.map`][nlxc.system.AOBlocks.map]),
+        so the memory of `fn`'s work, in forward and reverse mode, is that of one block.
+        """
+        return self.ao_blocks.map(fn, self.ngrid)
+
+    def ao_values(self) -> Float[Array, "4 ngrid nao"]:
+        """The AO values and x, y, z derivatives on the whole grid, `(4, ngrid, nao)`, rebuilt
+        from the screened blocks (screened-out values are zero). Costs O(ngrid · nao) memory: for
+        tests and diagnostics; grid work should use the blocked methods."""
+        return _dense_ao(self.ao_blocks, self.ngrid, self.nao)
+
+    def orbital_values(self, coefficients: Float[Array, "*batch nao k"]) -> Float[Array, "*batch ngrid k"]:
+        """ψ_k(r) = Σ_μ φ_μ(r) C_μk on the grid for coefficients `(..., nao, k)`, `(..., ngrid, k)`,
+        evaluated block by block (each block contracts only its screened functions)."""
+        return _orbital_values(self.ao_blocks, coefficients, self.ngrid)
+
+    def density_values(self, matrix: Float[Array, "*batch nao nao"]) -> Float[Array, "*batch ngrid"]:
+        """ρ(r) = Σ_μν φ_μ(r) M_μν φ_ν(r) on the grid for matrices `(..., nao, nao)`,
+        `(..., ngrid)`, evaluated block by block."""
+        return _density_values(self.ao_blocks, matrix, self.ngrid)
+
     @classmethod
     def from_pyscf(
         cls,
@@ -196,6 +511,8 @@ class System(eqx.Module):
         block_size: int = 20000,
         grids=None,
         grid_operators: GridOperatorSpec | None = None,
+        grid_block_size: int = GRID_BLOCK_SIZE,
+        ao_threshold: float = AO_SCREENING_THRESHOLD,
     ) -> System:
         """Build a System from a PySCF `gto.Mole`.
 
@@ -218,6 +535,11 @@ class System(eqx.Module):
           operators to precompute (Coulomb/long-range potentials for local exact exchange,
           Gaussian smoothing and L²-projection for density descriptors); usually a model's
           `required_grid_operators`. `None` (default) stores none.
+        - `grid_block_size`: grid points per block of the stored AO values (see
+          [`AOBlocks`][nlxc.system.AOBlocks]); the unit of the blocked grid work.
+        - `ao_threshold`: the AO screening threshold: a basis function is stored for (and enters
+          the contractions of) a block only where max(|φ|, |∇φ| components) over the block
+          exceeds it. `0.0` keeps every function that is not exactly zero.
 
         **Returns:** a `System`.
 
@@ -227,7 +549,8 @@ class System(eqx.Module):
         electron count; when a spin channel has more electrons than the basis has linearly
         independent orbitals; for an unknown auxiliary basis (naming it, with the closest
         known name) or one without functions for an element; for an unknown `init_guess`, a
-        `block_size` that is not a positive integer, `restricted=True` for an open-shell
+        `block_size` or `grid_block_size` that is not a positive integer, a negative or
+        non-finite `ao_threshold`, `restricted=True` for an open-shell
         molecule, or a `grid_operators` that is not a `GridOperatorSpec`.
         """
         from pyscf import df, dft, gto, lib, scf
@@ -241,6 +564,12 @@ class System(eqx.Module):
             raise InputError(f"grid_level must be an integer between 0 and {MAX_GRID_LEVEL}, got {grid_level!r}")
         if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
             raise InputError(f"block_size must be a positive integer, got {block_size!r}")
+        if isinstance(grid_block_size, bool) or not isinstance(grid_block_size, (int, np.integer)) \
+                or grid_block_size < 1:
+            raise InputError(f"grid_block_size must be a positive integer, got {grid_block_size!r}")
+        if isinstance(ao_threshold, bool) or not isinstance(ao_threshold, (int, float, np.floating)) \
+                or not np.isfinite(ao_threshold) or ao_threshold < 0:
+            raise InputError(f"ao_threshold must be a finite number >= 0, got {ao_threshold!r}")
         if restricted is not None and not isinstance(restricted, (bool, np.bool_)):
             raise InputError(f"restricted must be True, False or None, got {restricted!r}")
         n_total = mol.nelectron
@@ -296,13 +625,7 @@ class System(eqx.Module):
         nonzero = grids.weights != 0  # PySCF pads grids with zero-weight points
         coords = np.ascontiguousarray(grids.coords[nonzero])
         weights = np.ascontiguousarray(grids.weights[nonzero])
-        ngrid, nao = len(weights), mol.nao
-        # Fill the device buffer block by block (in place, by buffer donation), so that PySCF's
-        # AO evaluation never holds more than one block and no second full copy is made.
-        ao = jnp.zeros((4, ngrid, nao))
-        for start in range(0, ngrid, block_size):
-            stop = min(start + block_size, ngrid)
-            ao = _write_block(ao, dft.numint.eval_ao(mol, coords[start:stop], deriv=1), start, 1)
+        ao_blocks = _screened_ao_blocks(mol, coords, int(grid_block_size), float(ao_threshold), block_size)
 
         if init_guess == "minao":
             dm = scf.hf.init_guess_by_minao(mol)
@@ -327,7 +650,7 @@ class System(eqx.Module):
             core_hamiltonian=jnp.asarray(hcore),
             orthogonalizer=jnp.asarray(orthogonalizer),
             cderi=cderi,
-            ao=ao,
+            ao_blocks=ao_blocks,
             grid_coords=jnp.asarray(coords),
             grid_weights=jnp.asarray(weights),
             atom_charges=jnp.asarray(mol.atom_charges(), dtype=float),
@@ -539,6 +862,7 @@ def pad_system(
     naux: int | None = None,
     ngrid: int | None = None,
     natom: int | None = None,
+    blocks: BlockLayout | None = None,
     host: bool = False,
 ) -> System:
     """Pad a System to larger shapes without changing its SCF.
@@ -550,17 +874,25 @@ def pad_system(
       orbital; the padded orbitals are pushed up by `PADDED_ORBITAL_ENERGY` (Hartree) so they are
       never occupied (their overlap block is the identity, their integrals zero);
     - padded auxiliary functions have a zero DF tensor;
-    - padded grid points have weight zero and zero AO values (so zero density);
+    - padded grid points have weight zero and zero AO values (so zero density): they fall in
+      grid blocks that no AO block covers;
+    - the screened AO blocks move to the AO-list sizes of `blocks` (their lists padded with
+      entries that point at AO 0 with zero values) and each group is filled with zero blocks
+      that are never assembled onto the grid;
     - padded atoms have zero charge;
     - the grid operators (if any) are zero on padded grid points and auxiliary functions.
 
     **Arguments:** the target sizes (each at least the current one; `None` keeps it).
-    `nmo` grows by as much as `nao`. With `host=True` the padded arrays are left as NumPy
+    `nmo` grows by as much as `nao`. `blocks`: the target
+    [`BlockLayout`][nlxc.system.BlockLayout] of the AO blocks (one that covers the System's,
+    e.g. `BlockLayout.covering([s.ao_blocks.layout for s in systems], nao)`); `None` keeps
+    the System's own. With `host=True` the padded arrays are left as NumPy
     arrays in host memory (for stacking many Systems before one transfer to the device).
 
     **Returns:** the padded `System`.
 
-    **Raises:** `ValueError` if a target is smaller than the current size.
+    **Raises:** `ValueError` if a target is smaller than the current size, or `blocks` does not
+    hold the System's AO blocks.
     """
     cur = {"nao": system.nao, "naux": system.naux, "ngrid": system.ngrid, "natom": system.atom_charges.shape[0]}
     new = {k: cur[k] if v is None else int(v) for k, v in
@@ -588,7 +920,6 @@ def pad_system(
         core_hamiltonian=pad(system.core_hamiltonian, ((0, dao), (0, dao))),
         orthogonalizer=pad(system.orthogonalizer, ((0, dao), (0, nmo - system.nmo))),
         cderi=pad(system.cderi, ((0, daux), (0, dao), (0, dao))),
-        ao=pad(system.ao, ((0, 0), (0, dgrid), (0, dao))),
         grid_coords=pad(system.grid_coords, ((0, dgrid), (0, 0))),
         grid_weights=pad(system.grid_weights, ((0, dgrid),)),
         atom_charges=pad(system.atom_charges, ((0, datom),)),
@@ -601,19 +932,27 @@ def pad_system(
     operators = None
     if system.grid_operators is not None:
         operators = system.grid_operators.pad(ngrid=new["ngrid"], naux=new["naux"], xp=xp)
+    ao_blocks = system.ao_blocks
+    if blocks is not None and blocks != ao_blocks.layout:
+        ao_blocks = ao_blocks.relayout(blocks, xp=xp)
+    elif xp is np and host:
+        ao_blocks = jax.tree.map(np.asarray, ao_blocks)
     if xp is np and not host:
         fields = {k: jnp.asarray(v) for k, v in fields.items()}
+        ao_blocks = jax.tree.map(jnp.asarray, ao_blocks)
         if operators is not None:
             operators = jax.tree.map(jnp.asarray, operators)
-    return System(**fields, restricted=system.restricted, grid_operators=operators)
+    return System(**fields, ao_blocks=ao_blocks, restricted=system.restricted, grid_operators=operators)
 
 
 def pad_to_common_shape(systems: Sequence[System]) -> list[System]:
-    """Pad Systems to the largest `nao`, `naux`, `ngrid` and atom count among them."""
+    """Pad Systems to the largest `nao`, `naux`, `ngrid` and atom count among them, and their AO
+    blocks to one covering [`BlockLayout`][nlxc.system.BlockLayout]."""
     sizes = {
         "nao": max(s.nao for s in systems),
         "naux": max(s.naux for s in systems),
         "ngrid": max(s.ngrid for s in systems),
         "natom": max(s.atom_charges.shape[0] for s in systems),
     }
-    return [pad_system(s, **sizes) for s in systems]
+    layout = BlockLayout.covering([s.ao_blocks.layout for s in systems], sizes["nao"])
+    return [pad_system(s, **sizes, blocks=layout) for s in systems]

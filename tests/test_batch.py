@@ -136,7 +136,7 @@ SHARDED = textwrap.dedent(
     (_, e1), g1 = vg(f, batch.system, batch.mask)
     mesh = Mesh(np.array(jax.devices()), ("batch",))
     sharded = shard(batch, mesh)
-    assert len(sharded.system.ao.sharding.device_set) == 4
+    assert len(sharded.system.ao_blocks.values[0].sharding.device_set) == 4
     (_, e4), g4 = vg(f, sharded.system, sharded.mask)
     assert len(e4.sharding.device_set) == 4, e4.sharding
     de = float(jnp.max(jnp.abs(e4 - e1)))

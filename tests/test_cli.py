@@ -73,3 +73,48 @@ def test_console_script_reports_error_without_traceback(tmp_path):
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 2
     assert proc.stderr.startswith("nlxc: error:") and "Traceback" not in proc.stderr
+
+
+def test_tddft_json_and_text_match_pyscf(water, capsys):
+    """`--tddft N --tda` adds the excitation energies (ascending) and oscillator strengths,
+    equal to PySCF's TDA on the same density-fitted RKS."""
+    args = ["scf", water, "--xc", "pbe", "--basis", "sto-3g", "--grid-level", "1", "--tddft", "3", "--tda"]
+    assert main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    mf = dft.RKS(__import__("pyscf").gto.M(atom=WATER.split("\n", 2)[2], basis="sto-3g", verbose=0), xc="pbe")
+    mf.grids.level = 1
+    mf = mf.density_fit(auxbasis=__import__("pyscf").df.make_auxbasis(mf.mol))
+    mf.conv_tol = 1e-11
+    mf.kernel()
+    td = mf.TDA()
+    td.nstates = 3
+    td.conv_tol = 1e-9
+    td.kernel()
+    assert len(out["excitation_energies"]) == len(out["oscillator_strengths"]) == 3
+    assert out["excitation_energies"] == sorted(out["excitation_energies"])
+    assert out["excitation_energies"] == pytest.approx(list(td.e), abs=1e-6)
+    assert out["oscillator_strengths"] == pytest.approx(list(td.oscillator_strength()), abs=1e-5)
+    assert out["tddft"]["method"] == "TDA" and out["tddft"]["spin"] == "singlet"
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "TDDFT (TDA, singlet)" in text and "oscillator strength" in text
+    assert f"{out['excitation_energies'][0]:12.6f}" in text
+
+
+TDDFT_BAD = [
+    (["--tddft", "0"], "positive number of excited states"),
+    (["--tddft", "-2"], "positive number of excited states"),
+    (["--tddft", "11"], "only 10 single excitations"),
+    (["--tda"], "need --tddft"),
+    (["--triplet"], "need --tddft"),
+    (["--tddft", "1", "--triplet", "--spin", "2"], "closed-shell"),
+]
+
+
+@pytest.mark.parametrize("extra, message", TDDFT_BAD)
+def test_tddft_bad_input_one_line_error(water, capsys, extra, message):
+    code = main(["scf", water, "--basis", "sto-3g", "--grid-level", "0", *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err

@@ -84,13 +84,15 @@ def test_vmap_over_systems_of_equal_shape():
     # give both the same number of grid points by appending zero-weight points (issue 4 does this
     # in general; here it is enough to show that solve is vmappable)
     n = max(x.ngrid for x in systems)
+    # and the same layout of screened AO blocks (zero blocks added; new grid points lie in none)
+    layout = nlxc.system.BlockLayout.covering([x.ao_blocks.layout for x in systems], systems[0].nao)
 
     def pad(x):
         k = n - x.ngrid
         return eqx.tree_at(
-            lambda t: (t.ao, t.grid_weights, t.grid_coords),
+            lambda t: (t.ao_blocks, t.grid_weights, t.grid_coords),
             x,
-            (jnp.pad(x.ao, ((0, 0), (0, k), (0, 0))), jnp.pad(x.grid_weights, (0, k)),
+            (x.ao_blocks.relayout(layout, xp=jnp), jnp.pad(x.grid_weights, (0, k)),
              jnp.pad(x.grid_coords, ((0, k), (0, 0)))),
         )
 

@@ -173,3 +173,22 @@ def test_g2_radicals_and_atoms_converge_by_default_to_pyscf(name, xc):
     reference = mf.kernel()
     assert mf.converged
     assert_matches_pyscf(name, result, reference, mf, mol.nao)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("scf-g2-subset")
+def test_sulfur_atom_with_pbe_converges_along_its_soft_3p_rotations():
+    """S (triplet) with PBE in def2-SVP at grid level 3, as in `benchmarks/g2_convergence.py`:
+    CDIIS stagnates and the Newton fallback must converge along the soft rotations of the β 3p
+    hole, whose last steps lower the energy by less than its rounding noise (a regression: the
+    fallback once stopped there by stagnation, 3.4e-7 from convergence, at PySCF's energy)."""
+    mol = nlxc.data.g2("g2_1").molecule("S").to_mole("def2-svp")
+    result = solve(nlxc.get_functional("pbe"), nlxc.System.from_pyscf(mol, grid_level=3))
+    assert bool(result.converged), int(result.n_iterations)
+    mf = dft.UKS(mol, xc="pbe")
+    mf.grids.level = 3
+    mf = mf.density_fit(auxbasis=df.make_auxbasis(mol))
+    mf.conv_tol, mf.max_cycle, mf.verbose = 1e-10, 200, 0
+    reference = mf.kernel()
+    assert mf.converged
+    assert_matches_pyscf("S", result, reference, mf, mol.nao)

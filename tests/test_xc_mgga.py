@@ -155,6 +155,21 @@ def _nlxc_small(functional, rho, grad, tau):
     return {key: np.asarray(v)[..., :k] for key, v in out.items()}
 
 
+@eqx.filter_jit
+def _unpolarised_form(functional, rho, sigma, tau):
+    e = functional.energy_density_unpolarised(rho, sigma, tau)
+    vrho, vsigma, vtau = jax.grad(lambda r, s, t: jnp.sum(functional.energy_density_unpolarised(r, s, t)),
+                                  argnums=(0, 1, 2))(rho, sigma, tau)
+    return {"e": e, "vrho": vrho, "vsigma": vsigma, "vtau": vtau}
+
+
+def nlxc_unpolarised_form(functional, rho, sigma, tau):
+    """nlxc's ζ = 0 form `energy_density_unpolarised` (the restricted path) and its derivatives
+    w.r.t. the total ρ, σ, τ (libxc spin=0)."""
+    out = _unpolarised_form(functional, *(jnp.asarray(x) for x in (rho, sigma, tau)))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
 def _datasets():
     return {"random": random_polarized_density(2000, seed=0), "molecular": molecular_polarized_density()}
 
@@ -189,8 +204,8 @@ def test_polarised_matches_libxc(part, dataset):
 @pytest.mark.parametrize("dataset", ["random", "molecular"])
 @pytest.mark.parametrize("part", ALL_PARTS)
 def test_unpolarised_matches_libxc(part, dataset):
-    """libxc spin=0 vs nlxc at ρα = ρβ = ρ/2, to 1e-10 (module docstring) where ρ/2 ≥ 1e-10
-    (SCAN: see SCAN_KAPPA_MAX)."""
+    """libxc spin=0 vs nlxc at ρα = ρβ = ρ/2 and vs nlxc's ζ = 0 form (`energy_density_unpolarised`,
+    the restricted path), to 1e-10 (module docstring) where ρ/2 ≥ 1e-10 (SCAN: see SCAN_KAPPA_MAX)."""
     make, code, kinds = PARTS[part]
     rho2, grad2, tau2 = _datasets()[dataset]
     if dataset == "random":  # closed-shell density built from the α channel
@@ -204,8 +219,10 @@ def test_unpolarised_matches_libxc(part, dataset):
     kappa = _scan_kappa(part, np.stack([rho / 2, rho / 2]), np.stack([sigma / 4] * 3))
     assert np.sum(points & (kappa < SCAN_KAPPA_MAX)) > 1000
     scales = _unpolarised_scales(kinds, rho, grad, tau)
-    _check(ours, ref, scales, points, rtol=RTOL + 1e4 * EPS * np.where(kappa < SCAN_KAPPA_MAX, 0, kappa),
-           label=f"{part}/{dataset}")
+    rtol = RTOL + 1e4 * EPS * np.where(kappa < SCAN_KAPPA_MAX, 0, kappa)
+    _check(ours, ref, scales, points, rtol=rtol, label=f"{part}/{dataset}")
+    direct = nlxc_unpolarised_form(make(), rho, sigma, tau)
+    _check(direct, ref, scales, points, rtol=rtol, label=f"{part}/{dataset} (energy_density_unpolarised)")
 
 
 # ----------------------------------------------------------------------------------------------

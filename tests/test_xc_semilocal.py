@@ -210,6 +210,20 @@ def evaluate_unpolarized(functional, rho, sigma, tau):
     return {"e": out["e"], "vrho": out["vrho"].sum(0) / 2, "vsigma": out["vsigma"].sum(0) / 4}
 
 
+@eqx.filter_jit
+def _evaluate_unpolarised_form(functional, rho, sigma, tau):
+    e, pullback = jax.vjp(lambda r, s: functional.energy_density_unpolarised(r, s, tau), rho, sigma)
+    vrho, vsigma = pullback(jnp.ones_like(e))
+    return {"e": e, "vrho": vrho, "vsigma": vsigma}
+
+
+def evaluate_unpolarised_form(functional, rho, sigma, tau):
+    """nlxc's ζ = 0 form `energy_density_unpolarised(ρ, σ, τ)` (what restricted Systems use) and
+    its derivatives w.r.t. the total ρ and σ (libxc spin=0), as numpy arrays."""
+    out = _evaluate_unpolarised_form(functional, *(jnp.asarray(x) for x in (rho, sigma, tau)))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
 def _sigma_bar(rho, sigma):
     """Per-component σ̄ + ρ̄^{8/3}: the natural size of σ for vsigma's scale (see docstring)."""
     r83 = rho ** (8.0 / 3.0)
@@ -283,7 +297,8 @@ def test_polarized_matches_libxc(name, data):
 @pytest.mark.parametrize("data", DATASETS)
 @pytest.mark.parametrize("name", list(FUNCTIONALS))
 def test_unpolarized_matches_libxc(name, data):
-    """nlxc at ρα = ρβ = ρ/2 vs libxc spin=0, derivatives w.r.t. total ρ and σ, where ρ/2 ≥ 1e-10.
+    """nlxc at ρα = ρβ = ρ/2 vs libxc spin=0, derivatives w.r.t. total ρ and σ, where ρ/2 ≥ 1e-10;
+    the same for the ζ = 0 form `energy_density_unpolarised` (the restricted path).
 
     Tolerance 1e-10·(|libxc| + LDA scale).
     """
@@ -292,6 +307,9 @@ def test_unpolarized_matches_libxc(name, data):
     out = evaluate_unpolarized(factory(), rho, sigma, tau)
     ref = libxc_unpolarized(code, rho, grad, tau)
     assert_close(out, ref, unpolarized_scale(kinds, data), real & (rho / 2 >= RHO_MIN), label=name)
+    direct = evaluate_unpolarised_form(factory(), rho, sigma, tau)
+    assert_close(direct, ref, unpolarized_scale(kinds, data), real & (rho / 2 >= RHO_MIN),
+                 label=f"{name} (energy_density_unpolarised)")
 
 
 # libxc functionals that are the same formulas with other parameters: the parameters are real.

@@ -263,8 +263,7 @@ def density_difference(system: System, density_matrix: Float[Array, "2 nao nao"]
     if metric == "coulomb":
         fitted = jnp.einsum("Qmn,mn->Q", system.cderi, dp)
         return 0.5 * jnp.dot(fitted, fitted)
-    phi = system.ao[0]
-    drho = jnp.einsum("gm,mn,gn->g", phi, dp, phi)
+    drho = system.density_values(dp)
     return jnp.sum(_grid_weights(system.grid_weights, negative_weights) * drho**2)
 
 

@@ -14,6 +14,14 @@ from .operator import AuxiliaryNeuralOperator
 from .neighbours import AtomNeighbours, GridNeighbours, atom_neighbours, grid_neighbours
 from ._mlp import MLP
 from .descriptors import AtomDensityProjection, lda_exchange_energy_density, local_inputs
+from .skala import (
+    SKALA_D3BJ_PARAMETERS,
+    SKALA_WEIGHTS_SHA256,
+    Skala,
+    d3bj_dispersion_energy,
+    get_functional,
+    skala_weights_path,
+)
 from .local_exchange import LocalHybrid, local_exact_exchange, uniform_gas_long_range_fraction
 from .cider import (
     DEFAULT_CIDER_EXPONENTS,
@@ -46,4 +54,10 @@ __all__ = [
     "gaussian_density_descriptors",
     "local_exact_exchange",
     "uniform_gas_long_range_fraction",
+    "SKALA_D3BJ_PARAMETERS",
+    "SKALA_WEIGHTS_SHA256",
+    "Skala",
+    "d3bj_dispersion_energy",
+    "get_functional",
+    "skala_weights_path",
 ]

@@ -117,7 +117,7 @@ def local_exact_exchange(
         p = 0.5 * (density_matrix[0] + density_matrix[1])[None]
     else:
         p = density_matrix
-    psi = jnp.einsum("gm,smk->sgk", system.ao[0], p)
+    psi = system.orbital_values(p)  # (ns, ngrid, nao), block by block over the screened AOs
     u = _pair_potential_weights(psi, system.cderi)
     e = jnp.stack([-0.5 * jnp.sum(ops.coulomb_operator(w)[None] * u, axis=-1) for w in omegas])  # (nω, ns, ngrid)
     if system.restricted:

@@ -19,8 +19,8 @@ from .._config import (
     OptimizerConfig,
 )
 from .._errors import InputError
-from ..models import MLP
-from ..xc import AbstractFunctional, PW92Correlation, SlaterExchange, Sum, get_functional
+from ..models import MLP, get_functional
+from ..xc import AbstractFunctional, PW92Correlation, SlaterExchange, Sum
 from ._common import CONSTRAINED_META_GGA
 
 # --------------------------------------------------------------------------------------------

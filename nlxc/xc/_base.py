@@ -11,7 +11,10 @@ This one file declares everything a new functional or model may implement:
 - [`AbstractSemilocalFunctional`][nlxc.xc.AbstractSemilocalFunctional] — a pointwise
   e_xc(ρσ, σσσ', τσ). **Must** implement `energy_density(rho, sigma, tau)` and `family`
   (`"lda"`, `"gga"` or `"mgga"`, usually a class attribute `family: ClassVar[str] = "gga"`);
-  `__call__` integrates e_xc on the grid.
+  **may** override `energy_density_unpolarised(rho, sigma, tau)`, its ζ = 0 form on the total
+  density (the default evaluates `energy_density` at ρα = ρβ = ρ/2, i.e. does both spins'
+  work). `__call__` integrates e_xc on the grid, with the unpolarised form for a restricted
+  (closed-shell) [`nlxc.System`][].
 - [`PointwiseNetwork`][nlxc.xc.PointwiseNetwork] — a learnable map from per-point features
   `(in_features, npoint)` to raw outputs; **must** provide `in_features` (a field) and
   `__call__`. `baseline * network` turns it into a constrained enhancement factor.
@@ -161,6 +164,13 @@ class AbstractFunctional(eqx.Module):
     __rmul__ = __mul__
 
 
+def _unpolarised_inputs(
+    rho: Float[Array, "2 ngrid"], sigma: Float[Array, "3 ngrid"], tau: Float[Array, "2 ngrid"]
+) -> tuple[Float[Array, " ngrid"], Float[Array, " ngrid"], Float[Array, " ngrid"]]:
+    """(n, |∇n|², τ) of the total density from spin-resolved (ρσ, σσσ', τσ)."""
+    return rho[0] + rho[1], sigma[0] + 2.0 * sigma[1] + sigma[2], tau[0] + tau[1]
+
+
 class AbstractSemilocalFunctional(AbstractFunctional):
     """A semilocal functional: E_xc = ∫ e_xc(ρσ, σσσ', τσ) d³r on the molecular grid.
 
@@ -168,7 +178,10 @@ class AbstractSemilocalFunctional(AbstractFunctional):
     the exchange-correlation energy per unit volume (Hartree / Bohr³; libxc's `zk` times the
     total density), in spin-polarised form, and [`family`][nlxc.xc.AbstractSemilocalFunctional.family].
     Spin-unpolarised densities are the special case ρα = ρβ = ρ/2, σαα = σαβ = σββ = σ/4,
-    τα = τβ = τ/2.
+    τα = τβ = τ/2; subclasses may override
+    [`energy_density_unpolarised`][nlxc.xc.AbstractSemilocalFunctional.energy_density_unpolarised]
+    with the ζ = 0 formulas (exchange by spin scaling on one channel, correlation without the
+    f(ζ) interpolation), which a restricted [`nlxc.System`][] then uses: half the pointwise work.
     """
 
     @property
@@ -201,8 +214,48 @@ class AbstractSemilocalFunctional(AbstractFunctional):
         is below the functional's density threshold, and has finite derivatives everywhere.
         """
 
+    def energy_density_unpolarised(
+        self,
+        rho: Float[Array, " ngrid"],
+        sigma: Float[Array, " ngrid"],
+        tau: Float[Array, " ngrid"],
+    ) -> Float[Array, " ngrid"]:
+        """e_xc (Hartree / Bohr³) of a spin-unpolarised density, ρα = ρβ = ρ/2.
+
+        **Arguments** (libxc's spin-unpolarised inputs, each of shape `(ngrid,)`):
+
+        - `rho`: the total density n = ρα + ρβ, electrons / Bohr³.
+        - `sigma`: |∇n|² = σαα + 2σαβ + σββ.
+        - `tau`: the total kinetic-energy density τα + τβ (libxc's ½ convention).
+
+        **Returns:** e_xc, shape `(ngrid,)`: the value of
+        [`energy_density`][nlxc.xc.AbstractSemilocalFunctional.energy_density] at ρσ = ρ/2,
+        σσσ' = σ/4, τσ = τ/2 (same screening and clamps), up to rounding; derivatives with
+        respect to (ρ, σ, τ) are those of the polarised form summed over the spins.
+
+        The default does exactly that (both spins' work); subclasses override it with the ζ = 0
+        formulas. tests/test_unpolarised.py checks every override against the polarised form.
+        """
+        half_rho, quarter_sigma, half_tau = 0.5 * rho, 0.25 * sigma, 0.5 * tau
+        return self.energy_density(
+            jnp.stack([half_rho, half_rho]),
+            jnp.stack([quarter_sigma, quarter_sigma, quarter_sigma]),
+            jnp.stack([half_tau, half_tau]),
+        )
+
+    def energy_density_of(self, density: "Density", restricted: bool) -> Float[Array, " ngrid"]:
+        """e_xc (Hartree / Bohr³) on the grid of a [`nlxc.Density`][], shape `(ngrid,)`.
+
+        With `restricted=True` (a closed shell, ρα = ρβ: `system.restricted`) the
+        [unpolarised form][nlxc.xc.AbstractSemilocalFunctional.energy_density_unpolarised] of the
+        total density; otherwise [`energy_density`][nlxc.xc.AbstractSemilocalFunctional.energy_density].
+        """
+        if restricted:
+            return self.energy_density_unpolarised(*_unpolarised_inputs(density.rho, density.sigma, density.tau))
+        return self.energy_density(density.rho, density.sigma, density.tau)
+
     def __call__(self, density, density_matrix, system):
-        e = self.energy_density(density.rho, density.sigma, density.tau)
+        e = self.energy_density_of(density, system.restricted)
         return jnp.sum(system.grid_weights * e)
 
 
@@ -268,4 +321,7 @@ class SemilocalSum(AbstractSemilocalFunctional):
 
     def energy_density(self, rho, sigma, tau):
         return sum(c * t.energy_density(rho, sigma, tau) for c, t in zip(self.coefficients, self.terms))
+
+    def energy_density_unpolarised(self, rho, sigma, tau):
+        return sum(c * t.energy_density_unpolarised(rho, sigma, tau) for c, t in zip(self.coefficients, self.terms))
 

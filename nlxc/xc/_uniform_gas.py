@@ -24,6 +24,7 @@ __all__ = [
     "opz_omz",
     "pw92_correlation_per_particle",
     "pw92_epsilon",
+    "pw92_epsilon_unpolarised",
 ]
 
 FZETA_DENOMINATOR = 2.0 ** (4.0 / 3.0) - 2.0
@@ -98,6 +99,17 @@ def pw92_epsilon(
     g0, g1, g2 = _pw92_g(rs[None], *fits)
     z4 = zeta**4
     return g0 + z4 * fz * (g1 - g0 + g2 / params.fz20) - fz * g2 / params.fz20
+
+
+def pw92_epsilon_unpolarised(rs: Float[Array, "*shape"], params: PW92Params) -> Float[Array, "*shape"]:
+    """ε_c^PW92(r_s, ζ = 0) in Hartree given r_s (Bohr): the paramagnetic fit G(r_s) alone.
+
+    PW92 eq. (10) with the first (paramagnetic) entry of each of `params`' fits; equal to
+    [`pw92_epsilon`][nlxc.xc.lda.pw92_epsilon]`(rs, 0, 0, params)` (where f(0) = 0 removes the
+    other two fits) at a third of the cost.
+    """
+    rs = jnp.asarray(rs)
+    return _pw92_g(rs, *(jnp.asarray(p, dtype=float)[0] for p in params[:6]))
 
 
 def pw92_correlation_per_particle(

@@ -35,7 +35,7 @@ from jaxtyping import Array, Float
 
 from ..constants import LIEB_OXFORD_BOUND, X_FACTOR_C
 from ._base import AbstractSemilocalFunctional, Family, PointwiseNetwork
-from ._uniform_gas import PW92_MOD_PARAMS, pw92_correlation_per_particle
+from ._uniform_gas import PW92_MOD_PARAMS, pw92_correlation_per_particle, pw92_epsilon_unpolarised
 from ._util import DENS_THRESHOLD
 from .features import LocalFeatures, SpinChannelFeatures
 
@@ -105,18 +105,19 @@ class EnhancedExchange(AbstractSemilocalFunctional):
         """`"mgga"` with `use_alpha` (F_x reads α, hence τ), else `"gga"`."""
         return "mgga" if self.use_alpha else "gga"
 
-    def inputs(self, features: SpinChannelFeatures) -> Float[Array, "nfeat 2 ngrid"]:
-        """Network inputs (u, w) per spin channel, `(nfeat, 2, ngrid)`."""
+    def inputs(self, features: SpinChannelFeatures) -> Float[Array, "nfeat nchannel ngrid"]:
+        """Network inputs (u, w) per spin channel, `(nfeat, nchannel, ngrid)` (2 channels, or 1
+        for a spin-unpolarised density)."""
         x = [squash_s(features.s)]
         if self.use_alpha:
             x.append(squash_alpha(features.alpha))
         return jnp.stack(x)
 
-    def enhancement_factor(self, features: SpinChannelFeatures) -> Float[Array, "2 ngrid"]:
-        """F_x per spin channel, `(2, ngrid)`, in (0, bound)."""
+    def enhancement_factor(self, features: SpinChannelFeatures) -> Float[Array, "nchannel ngrid"]:
+        """F_x per spin channel, `(nchannel, ngrid)`, in (0, bound)."""
         x = self.inputs(features)
-        nfeat, _, ngrid = x.shape
-        raw = self.network(x.reshape(nfeat, 2 * ngrid)).reshape(2, ngrid)
+        nfeat, nchannel, ngrid = x.shape
+        raw = self.network(x.reshape(nfeat, nchannel * ngrid)).reshape(nchannel, ngrid)
         reference = self.network(jnp.zeros((nfeat, 1)))[0]
         return ScaledSigmoid(0.0, self.bound, 1.0)(raw - reference)
 
@@ -125,6 +126,13 @@ class EnhancedExchange(AbstractSemilocalFunctional):
         r = jnp.where(features.mask, rho, 1.0)
         lda = jnp.where(features.mask, -X_FACTOR_C * r ** (4.0 / 3.0), 0.0)
         return jnp.sum(lda * self.enhancement_factor(features), axis=0)
+
+    def energy_density_unpolarised(self, rho, sigma, tau):
+        # spin scaling at ζ = 0: twice one channel ρσ = ρ/2 (one network evaluation per point)
+        features = SpinChannelFeatures.unpolarised(rho, sigma, tau, DENS_THRESHOLD)
+        r = jnp.where(features.mask, features.rho, 1.0)
+        lda = jnp.where(features.mask, -X_FACTOR_C * r ** (4.0 / 3.0), 0.0)
+        return 2.0 * (lda * self.enhancement_factor(features))[0]
 
 
 class EnhancedCorrelation(AbstractSemilocalFunctional):
@@ -169,6 +177,13 @@ class EnhancedCorrelation(AbstractSemilocalFunctional):
     def energy_density(self, rho, sigma, tau):
         features = LocalFeatures.from_arrays(rho, sigma, tau, DENS_THRESHOLD)
         eps = pw92_correlation_per_particle(features.rs, features.zeta, PW92_MOD_PARAMS)
+        e = jnp.where(features.mask, features.n * eps, 0.0)
+        return e * self.enhancement_factor(features)
+
+    def energy_density_unpolarised(self, rho, sigma, tau):
+        # ζ = 0: the paramagnetic PW92 fit; the network still reads ζ² = 0
+        features = LocalFeatures.unpolarised(rho, sigma, tau, DENS_THRESHOLD)
+        eps = pw92_epsilon_unpolarised(features.rs, PW92_MOD_PARAMS)
         e = jnp.where(features.mask, features.n * eps, 0.0)
         return e * self.enhancement_factor(features)
 

@@ -152,9 +152,31 @@ class LocalFeatures(eqx.Module):
             z=weizsaecker_ratio(n, grad_sq, tau, threshold),
         )
 
+    @classmethod
+    def unpolarised(
+        cls,
+        rho: Float[Array, " ngrid"],
+        sigma: Float[Array, " ngrid"],
+        tau: Float[Array, " ngrid"],
+        threshold: float = DENS_THRESHOLD,
+    ) -> LocalFeatures:
+        """From the total n `(ngrid,)`, |∇n|² `(ngrid,)` and τ `(ngrid,)` of a spin-unpolarised
+        density: [`from_arrays`][nlxc.xc.LocalFeatures.from_arrays] at ρα = ρβ = n/2, with ζ = 0."""
+        return cls(
+            n=rho,
+            mask=rho >= threshold,
+            rs=wigner_seitz_radius(rho, threshold),
+            zeta=jnp.zeros_like(rho),
+            s=reduced_gradient(rho, sigma, threshold),
+            alpha=iso_orbital_indicator(rho, sigma, tau, threshold),
+            z=weizsaecker_ratio(rho, sigma, tau, threshold),
+        )
+
 
 class SpinChannelFeatures(eqx.Module):
-    """Features of the spin-scaled densities nσ = 2ρσ, shape `(2, ngrid)` each (σ = α, β).
+    """Features of the spin-scaled densities nσ = 2ρσ, shape `(2, ngrid)` each (σ = α, β), or
+    `(1, ngrid)` for the one channel of a spin-unpolarised density
+    ([`unpolarised`][nlxc.xc.SpinChannelFeatures.unpolarised]).
 
     - `rho`: ρσ (not doubled); `mask`: ρσ > threshold.
     - `s`, `alpha`, `z`: reduced gradient, iso-orbital indicator and τ_W/τ of 2ρσ (with
@@ -188,6 +210,27 @@ class SpinChannelFeatures(eqx.Module):
         return cls(
             rho=rho,
             mask=rho > threshold,
+            s=reduced_gradient(n, grad_sq, threshold),
+            alpha=iso_orbital_indicator(n, grad_sq, tau, threshold),
+            z=weizsaecker_ratio(n, grad_sq, tau, threshold),
+        )
+
+    @classmethod
+    def unpolarised(
+        cls,
+        rho: Float[Array, " ngrid"],
+        sigma: Float[Array, " ngrid"],
+        tau: Float[Array, " ngrid"],
+        threshold: float = DENS_THRESHOLD,
+    ) -> SpinChannelFeatures:
+        """One spin channel of a spin-unpolarised density, shape `(1, ngrid)` each, from the total
+        n, |∇n|² and τ `(ngrid,)`: [`from_arrays`][nlxc.xc.SpinChannelFeatures.from_arrays] at
+        ρα = ρβ = n/2 gives this channel twice (2ρσ = n, ∇(2ρσ) = ∇n, 2τσ = τ)."""
+        n, grad_sq, tau = rho[None], sigma[None], tau[None]
+        half = 0.5 * n
+        return cls(
+            rho=half,
+            mask=half > threshold,
             s=reduced_gradient(n, grad_sq, threshold),
             alpha=iso_orbital_indicator(n, grad_sq, tau, threshold),
             z=weizsaecker_ratio(n, grad_sq, tau, threshold),

@@ -22,9 +22,18 @@ from jaxtyping import Array, Float
 from ..constants import TAU_UEG_FACTOR, X2S, X_FACTOR_C
 from ._base import AbstractSemilocalFunctional
 from ._util import DENS_THRESHOLD, parameter
-from .lda import PW92Correlation, spin_variables
+from .lda import PW92Correlation, spin_variables, unpolarised_variables
 
-__all__ = ["PBE_KAPPA", "PBE_MU", "B88Exchange", "LYPCorrelation", "PBECorrelation", "PBEExchange", "clamp_sigma"]
+__all__ = [
+    "PBE_KAPPA",
+    "PBE_MU",
+    "B88Exchange",
+    "LYPCorrelation",
+    "PBECorrelation",
+    "PBEExchange",
+    "clamp_sigma",
+    "clamp_sigma_unpolarised",
+]
 
 # The exchange functionals use s = X2S · x_σ (nlxc.constants.X2S), with x_σ = |∇ρσ| / ρσ^{4/3}
 # and s the reduced gradient of the density 2ρσ.
@@ -47,8 +56,35 @@ def clamp_sigma(
     saa = jnp.maximum(sigma[0], floor)
     sbb = jnp.maximum(sigma[2], floor)
     s_ave = 0.5 * (saa + sbb)
-    sab = jnp.clip(sigma[1], -s_ave, s_ave)
+    # inside the bound (its edge included: a closed shell sits on it) the derivative is that of
+    # σαβ itself, as libxc's; `jnp.clip` alone would split it with the bound there, which gave
+    # wrong second derivatives along α − β (triplet excitation energies)
+    sab = jnp.where(jnp.abs(sigma[1]) <= s_ave, sigma[1], jnp.clip(sigma[1], -s_ave, s_ave))
     return saa, sab, sbb
+
+
+def clamp_sigma_unpolarised(sigma: Float[Array, " ngrid"], threshold: float = DENS_THRESHOLD) -> tuple[
+    Float[Array, " ngrid"], Float[Array, " ngrid"], Float[Array, " ngrid"]
+]:
+    """[`clamp_sigma`][nlxc.xc.gga.clamp_sigma] at σαα = σαβ = σββ = σ/4, from σ = |∇n|².
+
+    **Returns:** (σσσ, σαβ, |∇n|²) after the clamps: the same-spin invariant (of either spin),
+    the mixed one and the total σαα + 2σαβ + σββ.
+    """
+    floor = (threshold ** (4.0 / 3.0)) ** 2
+    quarter = 0.25 * sigma
+    same = jnp.maximum(quarter, floor)
+    mixed = jnp.clip(quarter, -same, same)
+    return same, mixed, 2.0 * same + 2.0 * mixed
+
+
+def _exchange_channel_unpolarised(rho, sigma, threshold):
+    """(active mask, safe ρσ, safe σσσ) of one spin channel at ρα = ρβ = ρ/2, as
+    `_exchange_channels` gives for each channel there (where a channel is active, n_in/n = 1)."""
+    half = 0.5 * rho
+    active = half > threshold
+    same, _, _ = clamp_sigma_unpolarised(sigma, threshold)
+    return active, jnp.where(active, half, 1.0), jnp.where(active, same, 1.0)
 
 
 def _exchange_channels(rho, sigma, threshold):
@@ -109,6 +145,20 @@ class B88Exchange(AbstractSemilocalFunctional):
             e = e + jnp.where(active, -X_FACTOR_C * r43 * f, 0.0)
         return e * ratio
 
+    def energy_density_unpolarised(
+        self,
+        rho: Float[Array, " ngrid"],
+        sigma: Float[Array, " ngrid"],
+        tau: Float[Array, " ngrid"],
+    ) -> Float[Array, " ngrid"]:
+        # spin scaling at ζ = 0: twice one channel ρσ = ρ/2, σσσ = σ/4
+        active, r, s = _exchange_channel_unpolarised(rho, sigma, self.dens_threshold)
+        r43 = r ** (4.0 / 3.0)
+        x = jnp.sqrt(s) / r43
+        x2 = s / (r43 * r43)
+        f = 1.0 + self.beta / X_FACTOR_C * x2 / (1.0 + self.gamma * self.beta * x * jnp.arcsinh(x))
+        return jnp.where(active, 2.0 * (-X_FACTOR_C * r43 * f), 0.0)
+
 
 class PBEExchange(AbstractSemilocalFunctional):
     """Perdew–Burke–Ernzerhof exchange; libxc `GGA_X_PBE` (id 101).
@@ -150,6 +200,19 @@ class PBEExchange(AbstractSemilocalFunctional):
             f = 1.0 + self.kappa * (1.0 - self.kappa / (self.kappa + self.mu * s2))
             e = e + jnp.where(active, -X_FACTOR_C * r43 * f, 0.0)
         return e * ratio
+
+    def energy_density_unpolarised(
+        self,
+        rho: Float[Array, " ngrid"],
+        sigma: Float[Array, " ngrid"],
+        tau: Float[Array, " ngrid"],
+    ) -> Float[Array, " ngrid"]:
+        # spin scaling at ζ = 0: twice one channel ρσ = ρ/2, σσσ = σ/4
+        active, r, s = _exchange_channel_unpolarised(rho, sigma, self.dens_threshold)
+        r43 = r ** (4.0 / 3.0)
+        s2 = X2S**2 * s / (r43 * r43)
+        f = 1.0 + self.kappa * (1.0 - self.kappa / (self.kappa + self.mu * s2))
+        return jnp.where(active, 2.0 * (-X_FACTOR_C * r43 * f), 0.0)
 
 
 class PBECorrelation(AbstractSemilocalFunctional):
@@ -198,6 +261,23 @@ class PBECorrelation(AbstractSemilocalFunctional):
         sigma_t = jnp.where(mask, saa + 2.0 * sab + sbb, 0.0)
         eps_pw = self.pw.per_particle(rs, zeta, opz, omz)
         phi = 0.5 * (opz ** (2.0 / 3.0) + omz ** (2.0 / 3.0))
+        return jnp.where(mask, v.n_in * self._per_particle(eps_pw, phi, sigma_t, rs, n), 0.0)
+
+    def energy_density_unpolarised(
+        self,
+        rho: Float[Array, " ngrid"],
+        sigma: Float[Array, " ngrid"],
+        tau: Float[Array, " ngrid"],
+    ) -> Float[Array, " ngrid"]:
+        # ζ = 0: φ = 1 and the paramagnetic PW92 fit alone
+        v = unpolarised_variables(rho, self.dens_threshold)
+        _, _, sigma_t = clamp_sigma_unpolarised(sigma, self.dens_threshold)
+        sigma_t = jnp.where(v.mask, sigma_t, 0.0)
+        eps_pw = self.pw.per_particle_unpolarised(v.rs)
+        return jnp.where(v.mask, v.n_in * self._per_particle(eps_pw, 1.0, sigma_t, v.rs, v.n), 0.0)
+
+    def _per_particle(self, eps_pw, phi, sigma_t, rs, n):
+        """ε_PW + H (Hartree) from ε_PW, φ, the clamped |∇n|², r_s and the clamped n."""
         phi3 = phi**3
         # t² = |∇n|² / (16 · 2^{2/3} φ² r_s n^{8/3})   (libxc's tt with x_t = |∇n| / n^{4/3})
         t2 = sigma_t / (16.0 * 2.0 ** (2.0 / 3.0) * phi * phi * rs * n ** (8.0 / 3.0))
@@ -208,8 +288,7 @@ class PBECorrelation(AbstractSemilocalFunctional):
         y = -eps_pw / (self.gamma * phi3)
         a = self.beta / (self.gamma * jnp.expm1(y))
         f1 = t2 * (1.0 + a * t2)
-        eps_c = self.gamma * phi3 * jnp.log1p(jnp.expm1(-y) / (1.0 + a * f1))
-        return jnp.where(mask, v.n_in * eps_c, 0.0)
+        return self.gamma * phi3 * jnp.log1p(jnp.expm1(-y) / (1.0 + a * f1))
 
 
 class LYPCorrelation(AbstractSemilocalFunctional):
@@ -281,3 +360,32 @@ class LYPCorrelation(AbstractSemilocalFunctional):
         )
         e = -4.0 * self.a * rab / (n * den) - self.a * self.b * omega * bracket
         return jnp.where(mask, e * v.ratio, 0.0)
+
+    def energy_density_unpolarised(
+        self,
+        rho: Float[Array, " ngrid"],
+        sigma: Float[Array, " ngrid"],
+        tau: Float[Array, " ngrid"],
+    ) -> Float[Array, " ngrid"]:
+        # the polarised form at ρα = ρβ = h, σαα = σββ = S, σαβ = A (after the clamps)
+        v = unpolarised_variables(rho, self.dens_threshold)
+        h, n = v.half, v.n
+        same, mixed, sigma_t = clamp_sigma_unpolarised(sigma, self.dens_threshold)
+        cf = TAU_UEG_FACTOR
+        r = n ** (-1.0 / 3.0)
+        den = 1.0 + self.d * r
+        omega = jnp.exp(-self.c * r) / den * n ** (-11.0 / 3.0)
+        delta = self.c * r + self.d * r / den
+        h2 = h * h
+        bracket = (
+            h2 * (
+                2.0 ** (14.0 / 3.0) * cf * h ** (8.0 / 3.0)
+                + (47.0 / 18.0 - 7.0 / 18.0 * delta) * sigma_t
+                - (5.0 - delta / 9.0) * same
+                - (delta - 11.0) / 9.0 * same
+            )
+            - 4.0 / 3.0 * n * n * mixed
+            - 2.0 * h2 * same
+        )
+        e = -4.0 * self.a * h2 / (n * den) - self.a * self.b * omega * bracket
+        return jnp.where(v.mask, e * v.ratio, 0.0)

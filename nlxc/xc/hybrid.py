@@ -1,15 +1,129 @@
-"""Exact (Hartree–Fock) exchange from the density-fitting tensor, and global hybrids."""
+"""Exact (Hartree–Fock) exchange from the density-fitting tensor, and global hybrids.
+
+The exchange matrix K(P) = −Σ_Q B_Q P B_Q is built from a factor of each density matrix: with
+P = Σ_j λ_j u_j u_jᵀ (its eigenpairs, |λ_j| above numerical zero), K = −Σ_j λ_j Σ_Q (B_Q u_j)(B_Q u_j)ᵀ,
+O(naux · nao² · rank) instead of O(naux · nao³); a density matrix of nσ occupied orbitals has
+rank nσ. The columns are taken in chunks of `EXCHANGE_CHUNK` by a loop whose trip count is the
+rank (under `jax.vmap` the largest rank of the batch), so the cost follows the rank of P with
+static shapes. No derivative ever passes through the eigendecomposition: E_x and K carry custom
+JVPs, ∂E_x/∂P = K (built from the factor) and ∂K/∂P · dP = −Σ_Q B_Q dP B_Q (the exact linear map,
+O(naux · nao³), needed only by second-derivative paths such as the SCF adjoint), so derivatives
+are exact and finite whatever the degeneracies of P's spectrum (the zero eigenvalue of an
+idempotent P is (nao − nσ)-fold degenerate) — the same derivatives as the quadratic form itself.
+"""
 
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Float
 
 from ._base import AbstractFunctional
 from ._util import parameter
 from .gga import B88Exchange, LYPCorrelation, PBECorrelation, PBEExchange
 from .lda import SlaterExchange, VWN5Correlation, VWNRPACorrelation
+
+EXCHANGE_CHUNK = 16
+"""Columns of the density-matrix factor contracted with the 3-index tensor at once."""
+
+EXCHANGE_RANK_TOLERANCE = 1e-13
+"""Eigenvalues of P with |λ| ≤ this × nao × max|λ| are numerical zeros and dropped from its factor."""
+
+
+def _factor(density_matrix):
+    """(U, λ, nchunk, finite) of one symmetric matrix: its eigenpairs sorted by |λ| descending
+    (numerical zeros set to 0), padded with zero columns to a multiple of `EXCHANGE_CHUNK`; the
+    number of chunks holding the nonzero ones; whether the matrix was finite."""
+    nao = density_matrix.shape[-1]
+    sym = 0.5 * (density_matrix + density_matrix.T)
+    values, vectors = jnp.linalg.eigh(sym)
+    order = jnp.argsort(-jnp.abs(values))
+    values, vectors = values[order], vectors[:, order]
+    largest = jnp.max(jnp.abs(values))
+    keep = jnp.abs(values) > EXCHANGE_RANK_TOLERANCE * nao * largest
+    values = jnp.where(keep, values, 0.0)
+    nchunk = (jnp.sum(keep) + EXCHANGE_CHUNK - 1) // EXCHANGE_CHUNK
+    padded = -(-nao // EXCHANGE_CHUNK) * EXCHANGE_CHUNK
+    vectors = jnp.pad(vectors, ((0, 0), (0, padded - nao)))
+    values = jnp.pad(values, (0, padded - nao))
+    return vectors, values, nchunk, jnp.isfinite(largest)
+
+
+def _exchange_matrix_one(cderi, density_matrix):
+    """K(P) = −Σ_Q B_Q P B_Q of one symmetric P from its factor, O(naux · nao² · rank); NaN
+    everywhere if P is not finite."""
+    vectors, values, nchunk, finite = _factor(density_matrix)
+
+    def chunk(i, k):
+        u = jax.lax.dynamic_slice_in_dim(vectors, i * EXCHANGE_CHUNK, EXCHANGE_CHUNK, axis=1)
+        w = jax.lax.dynamic_slice_in_dim(values, i * EXCHANGE_CHUNK, EXCHANGE_CHUNK)
+        bu = jnp.einsum("Qmn,ni->Qmi", cderi, u)
+        return k - jnp.einsum("Qmi,Qni->mn", bu * w, bu)
+
+    k = jax.lax.fori_loop(0, nchunk, chunk, jnp.zeros_like(density_matrix))
+    return jnp.where(finite, k, jnp.nan)
+
+
+def _exchange_matrix_linear(cderi, density_matrix):
+    """K(X) = −Σ_Q B_Q X B_Q for any X `(nspin, nao, nao)`, dense, O(naux · nao³): the exact
+    linear map, used for tangents."""
+    t = jnp.einsum("Qmn,snl->sQml", cderi, density_matrix)
+    return -jnp.einsum("sQml,Qlk->smk", t, cderi)
+
+
+@jax.custom_jvp
+def _exchange_matrix(cderi, density_matrix):
+    """K(Pσ) `(nspin, nao, nao)` of symmetric Pσ `(nspin, nao, nao)`, from the factors."""
+    return jax.vmap(_exchange_matrix_one, in_axes=(None, 0))(cderi, density_matrix)
+
+
+def _exchange_matrix_jvp(primals, tangents):
+    # symbolic zeros: B is a constant in every SCF derivative, and its (dense) term is skipped
+    cderi, density_matrix = primals
+    cderi_dot, density_matrix_dot = tangents
+    k = _exchange_matrix(cderi, density_matrix)
+    dk = jnp.zeros_like(k)
+    if not isinstance(density_matrix_dot, SymbolicZero):
+        dk = dk + _exchange_matrix_linear(cderi, density_matrix_dot)
+    if not isinstance(cderi_dot, SymbolicZero):
+        dk = dk + _exchange_matrix_linear_cderi(cderi, cderi_dot, density_matrix)
+    return k, dk
+
+
+_exchange_matrix.defjvp(_exchange_matrix_jvp, symbolic_zeros=True)
+
+
+def _exchange_matrix_linear_cderi(cderi, cderi_dot, density_matrix):
+    """−Σ_Q (dB_Q P B_Q + B_Q P dB_Q) `(nspin, nao, nao)`: K's tangent along a tangent of B."""
+    t = jnp.einsum("Qmn,snl->sQml", cderi_dot, density_matrix)
+    half = -jnp.einsum("sQml,Qlk->smk", t, cderi)
+    return half + jnp.swapaxes(half, -1, -2)
+
+
+@jax.custom_jvp
+def _exchange_energy(cderi, density_matrix):
+    """−½ Σσ Σ_Q tr(B_Q Pσ B_Q Pσ) = ½ Σσ tr(Kσ Pσ) of symmetric Pσ `(nspin, nao, nao)`."""
+    return 0.5 * jnp.sum(_exchange_matrix(cderi, density_matrix) * density_matrix)
+
+
+def _exchange_energy_jvp(primals, tangents):
+    cderi, density_matrix = primals
+    cderi_dot, density_matrix_dot = tangents
+    k = _exchange_matrix(cderi, density_matrix)
+    energy = 0.5 * jnp.sum(k * density_matrix)
+    d_energy = jnp.zeros_like(energy)
+    if not isinstance(density_matrix_dot, SymbolicZero):
+        # dE = tr(K dP): K = −Σ_Q B_Q P B_Q is ∂E/∂P for symmetric P
+        d_energy = d_energy + jnp.sum(k * density_matrix_dot)
+    if not isinstance(cderi_dot, SymbolicZero):
+        # −Σσ Σ_Q tr(dB_Q Pσ B_Q Pσ)
+        d_energy = d_energy + 0.5 * jnp.sum(_exchange_matrix_linear_cderi(cderi, cderi_dot, density_matrix) * density_matrix)
+    return energy, d_energy
+
+
+_exchange_energy.defjvp(_exchange_energy_jvp, symbolic_zeros=True)
 
 
 def exact_exchange_energy(
@@ -18,21 +132,25 @@ def exact_exchange_energy(
     """Density-fitted Hartree–Fock exchange energy, Hartree.
 
     E_x^HF = −½ Σσ Σ_Q tr(B_Q Pσ B_Q Pσ), with B the Cholesky-orthogonalised 3-index tensor
-    `(naux, nao, nao)` and Pσ the α/β density matrices `(2, nao, nao)`. Cost O(naux · nao³) per
-    spin; with `restricted=True` (Pα = Pβ) it is evaluated once on the mean of Pα and Pβ.
+    `(naux, nao, nao)` and Pσ the α/β density matrices `(2, nao, nao)` (symmetric). With
+    `restricted=True` (Pα = Pβ) it is evaluated once on the mean of Pα and Pβ.
+
+    Cost O(naux · nao² · rank Pσ) per spin (a factor of each Pσ, see the module docstring); its
+    gradient ∂E/∂Pσ = −Σ_Q B_Q Pσ B_Q (the exchange matrix) costs the same, second derivatives
+    O(naux · nao³). Derivatives never pass through the eigendecomposition, so they are exact for
+    any (degenerate) spectrum of Pσ.
     """
     if restricted:
         mean = 0.5 * (density_matrix[0] + density_matrix[1])
-        t = jnp.einsum("Qmn,nl->Qml", cderi, mean)
-        return -jnp.einsum("Qml,Qlm->", t, t)
-    t = jnp.einsum("Qmn,snl->sQml", cderi, density_matrix)
-    return -0.5 * jnp.einsum("sQml,sQlm->", t, t)
+        return 2.0 * _exchange_energy(cderi, mean[None])
+    return _exchange_energy(cderi, density_matrix)
 
 
 class ExactExchange(AbstractFunctional):
     """A fraction of exact exchange, a·E_x^HF[P] (Hartree), density-fitted.
 
-    `fraction` is a trainable scalar (default 1).
+    `fraction` is a trainable scalar (default 1). E_x^HF and its Fock contribution cost
+    O(naux · nao² · nocc) (see [`exact_exchange_energy`][nlxc.xc.exact_exchange_energy]).
     """
 
     fraction: Float[Array, ""] = parameter(1.0)
@@ -64,12 +182,12 @@ class B3LYP(AbstractFunctional):
 
     def __call__(self, density, density_matrix, system):
         vwn = VWN5Correlation() if self.vwn5 else VWNRPACorrelation()
-        rho, sigma, tau = density.rho, density.sigma, density.tau
+        restricted = system.restricted
         e = (
-            (1.0 - self.a0 - self.ax) * SlaterExchange().energy_density(rho, sigma, tau)
-            + self.ax * B88Exchange().energy_density(rho, sigma, tau)
-            + (1.0 - self.ac) * vwn.energy_density(rho, sigma, tau)
-            + self.ac * LYPCorrelation().energy_density(rho, sigma, tau)
+            (1.0 - self.a0 - self.ax) * SlaterExchange().energy_density_of(density, restricted)
+            + self.ax * B88Exchange().energy_density_of(density, restricted)
+            + (1.0 - self.ac) * vwn.energy_density_of(density, restricted)
+            + self.ac * LYPCorrelation().energy_density_of(density, restricted)
         )
         semilocal = jnp.sum(system.grid_weights * e)
         return semilocal + self.a0 * exact_exchange_energy(system.cderi, density_matrix, system.restricted)
@@ -87,9 +205,9 @@ class PBE0(AbstractFunctional):
     a0: Float[Array, ""] = parameter(0.25)
 
     def __call__(self, density, density_matrix, system):
-        rho, sigma, tau = density.rho, density.sigma, density.tau
-        e = (1.0 - self.a0) * PBEExchange().energy_density(rho, sigma, tau) + PBECorrelation().energy_density(
-            rho, sigma, tau
+        restricted = system.restricted
+        e = (1.0 - self.a0) * PBEExchange().energy_density_of(density, restricted) + PBECorrelation().energy_density_of(
+            density, restricted
         )
         semilocal = jnp.sum(system.grid_weights * e)
         return semilocal + self.a0 * exact_exchange_energy(system.cderi, density_matrix, system.restricted)

@@ -20,6 +20,9 @@ Reusable pieces (imported by the GGAs; the PW92 pieces and f(ζ) are defined in 
 - [`spin_variables`][nlxc.xc.lda.spin_variables]`(rho, threshold)`: libxc's density screening
   and clamping, returning a [`SpinVariables`][nlxc.xc.lda.SpinVariables] (mask, clamped ρα, ρβ,
   n, unclamped n, r_s, ζ, 1+ζ, 1−ζ) with safe values on screened points.
+- [`unpolarised_variables`][nlxc.xc.lda.unpolarised_variables]`(rho, threshold)`: the same
+  screening for a spin-unpolarised density (ρα = ρβ = ρ/2), for the ζ = 0 forms
+  (`energy_density_unpolarised`) that restricted Systems use.
 - [`f_zeta`][nlxc.xc.lda.f_zeta]`(opz, omz)`: the spin-interpolation function
   f(ζ) = [(1+ζ)^{4/3} + (1−ζ)^{4/3} − 2] / (2^{4/3} − 2).
 
@@ -48,6 +51,7 @@ from ._uniform_gas import (
     f_zeta,
     pw92_correlation_per_particle,
     pw92_epsilon,
+    pw92_epsilon_unpolarised,
 )
 from ._util import DENS_THRESHOLD, ZETA_THRESHOLD, parameter
 from .constraints import EnhancedCorrelation, EnhancedExchange
@@ -59,11 +63,14 @@ __all__ = [
     "PW92_PARAMS",
     "SlaterExchange",
     "SpinVariables",
+    "UnpolarisedVariables",
     "VWN5Correlation",
     "VWNRPACorrelation",
     "f_zeta",
     "pw92_correlation_per_particle",
+    "pw92_epsilon_unpolarised",
     "spin_variables",
+    "unpolarised_variables",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -122,6 +129,38 @@ def spin_variables(rho: Float[Array, "2 ngrid"], threshold: float = DENS_THRESHO
     return SpinVariables(mask, rho_a, rho_b, n, n_in, rs, zeta, opz, omz, ratio)
 
 
+class UnpolarisedVariables(NamedTuple):
+    """Screened variables of a spin-unpolarised density (see [`unpolarised_variables`][nlxc.xc.lda.unpolarised_variables])."""
+
+    mask: Array  # point is evaluated (ρ ≥ threshold)
+    half: Array  # max(ρ/2, threshold) = ρ̃α = ρ̃β, or 1 on screened points
+    n: Array  # 2 · half (clamped total density)
+    n_in: Array  # ρ as given (unclamped), 1 on screened points
+    rs: Array  # (3/(4πn))^{1/3}
+    ratio: Array  # n_in / n where ρ/2 was clamped, exactly 1 (no gradient) elsewhere
+
+
+def unpolarised_variables(rho: Float[Array, " ngrid"], threshold: float = DENS_THRESHOLD) -> UnpolarisedVariables:
+    """[`spin_variables`][nlxc.xc.lda.spin_variables] at ρα = ρβ = ρ/2, from the total density ρ.
+
+    The same screening and clamping (a point is active when ρ ≥ `threshold`; each ρσ = ρ/2 is
+    raised to at least `threshold`; screened points get ρσ = 1), so that the ζ = 0 forms of the
+    functionals equal their spin-polarised forms at ρα = ρβ, including where a channel is
+    clamped. ζ = 0 and 1 ± ζ = 1 there, so they are not returned.
+
+    **Returns:** an [`UnpolarisedVariables`][nlxc.xc.lda.UnpolarisedVariables] `(mask, half, n,
+    n_in, rs, ratio)`.
+    """
+    mask = rho >= threshold
+    clamped = 0.5 * rho < threshold
+    n_in = jnp.where(mask, rho, 1.0)
+    half = jnp.where(mask, jnp.maximum(0.5 * rho, threshold), 1.0)
+    n = 2.0 * half
+    rs = RS_FACTOR * n ** (-1.0 / 3.0)
+    ratio = jnp.where(clamped, n_in / n, 1.0)
+    return UnpolarisedVariables(mask, half, n, n_in, rs, ratio)
+
+
 # --------------------------------------------------------------------------------------------
 # Slater exchange
 # --------------------------------------------------------------------------------------------
@@ -176,6 +215,18 @@ class SlaterExchange(AbstractSemilocalFunctional):
             r = jnp.where(active, r, 1.0)
             e = e + jnp.where(active, -X_FACTOR_C * r ** (4.0 / 3.0), 0.0)
         return self.alpha * e * v.ratio
+
+    def energy_density_unpolarised(
+        self,
+        rho: Float[Array, " ngrid"],
+        sigma: Float[Array, " ngrid"],
+        tau: Float[Array, " ngrid"],
+    ) -> Float[Array, " ngrid"]:
+        # spin scaling at ζ = 0: twice the exchange of one channel ρσ = ρ/2
+        half = 0.5 * rho
+        active = half > self.dens_threshold
+        r = jnp.where(active, half, 1.0)
+        return self.alpha * jnp.where(active, 2.0 * (-X_FACTOR_C * r ** (4.0 / 3.0)), 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,6 +294,17 @@ class VWN5Correlation(AbstractSemilocalFunctional):
         eps = e_p + a_c * fz * (1.0 - z4) / _VWN_FPP + (e_f - e_p) * fz * z4
         return jnp.where(v.mask, v.n_in * eps, 0.0)
 
+    def energy_density_unpolarised(
+        self,
+        rho: Float[Array, " ngrid"],
+        sigma: Float[Array, " ngrid"],
+        tau: Float[Array, " ngrid"],
+    ) -> Float[Array, " ngrid"]:
+        # ζ = 0: f(ζ) = 0, only the paramagnetic fit
+        v = unpolarised_variables(rho, self.dens_threshold)
+        e_p = _vwn_aux(self.A[0], self.b[0], self.c[0], self.x0[0], v.rs)
+        return jnp.where(v.mask, v.n_in * e_p, 0.0)
+
 
 class VWNRPACorrelation(AbstractSemilocalFunctional):
     """Vosko–Wilk–Nusair fit to the RPA correlation ("VWN3"/"VWN_RPA"); libxc `LDA_C_VWN_RPA`
@@ -280,6 +342,17 @@ class VWNRPACorrelation(AbstractSemilocalFunctional):
         e_p, e_f = _vwn_aux(*(p[:, None] for p in (self.A, self.b, self.c, self.x0)), v.rs[None])
         fz = f_zeta(v.opz, v.omz)
         return jnp.where(v.mask, v.n_in * (e_p * (1.0 - fz) + e_f * fz), 0.0)
+
+    def energy_density_unpolarised(
+        self,
+        rho: Float[Array, " ngrid"],
+        sigma: Float[Array, " ngrid"],
+        tau: Float[Array, " ngrid"],
+    ) -> Float[Array, " ngrid"]:
+        # ζ = 0: f(ζ) = 0, only the paramagnetic fit
+        v = unpolarised_variables(rho, self.dens_threshold)
+        e_p = _vwn_aux(self.A[0], self.b[0], self.c[0], self.x0[0], v.rs)
+        return jnp.where(v.mask, v.n_in * e_p, 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,6 +403,10 @@ class PW92Correlation(AbstractSemilocalFunctional):
         """ε_c(r_s, ζ) in Hartree, given 1 ± ζ (already clamped) as well as ζ."""
         return pw92_epsilon(rs, zeta, f_zeta(opz, omz), self.params)
 
+    def per_particle_unpolarised(self, rs):
+        """ε_c(r_s, ζ = 0) in Hartree: the paramagnetic fit alone."""
+        return pw92_epsilon_unpolarised(rs, self.params)
+
     def enhanced_by(self, network: PointwiseNetwork) -> AbstractFunctional:
         """PW92 correlation times a learnable factor: [`nlxc.xc.EnhancedCorrelation`][].
 
@@ -351,3 +428,12 @@ class PW92Correlation(AbstractSemilocalFunctional):
     ) -> Float[Array, " ngrid"]:
         v = spin_variables(rho, self.dens_threshold)
         return jnp.where(v.mask, v.n_in * self.per_particle(v.rs, v.zeta, v.opz, v.omz), 0.0)
+
+    def energy_density_unpolarised(
+        self,
+        rho: Float[Array, " ngrid"],
+        sigma: Float[Array, " ngrid"],
+        tau: Float[Array, " ngrid"],
+    ) -> Float[Array, " ngrid"]:
+        v = unpolarised_variables(rho, self.dens_threshold)
+        return jnp.where(v.mask, v.n_in * self.per_particle_unpolarised(v.rs), 0.0)

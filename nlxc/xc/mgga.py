@@ -37,7 +37,7 @@ from jaxtyping import Array, Float
 
 from ..constants import RS_FACTOR, X2S, X_FACTOR_C
 from ._base import AbstractSemilocalFunctional
-from ._uniform_gas import FZETA_DENOMINATOR, PW92_MOD_PARAMS, pw92_epsilon
+from ._uniform_gas import FZETA_DENOMINATOR, PW92_MOD_PARAMS, pw92_epsilon, pw92_epsilon_unpolarised
 from ._util import ZETA_THRESHOLD, parameter
 
 __all__ = ["R2SCANCorrelation", "R2SCANExchange", "SCANCorrelation", "SCANExchange"]
@@ -99,6 +99,25 @@ def _libxc_inputs(rho, sigma, tau, dens_threshold):
     return rho_c, sigma_c, tau_c
 
 
+def _libxc_inputs_unpolarised(rho, sigma, tau, dens_threshold):
+    """`_libxc_inputs` at ρα = ρβ = ρ/2, σσσ' = σ/4, τσ = τ/2, from the totals (ρ, σ, τ).
+
+    **Returns:** (ρ̃σ, σ̃σσ, σ̃αβ, τ̃σ) of one spin channel, each clamped straight-through
+    (derivatives pass as identity to ρ/2, σ/4, τ/2).
+    """
+    half, quarter, half_tau = 0.5 * rho, 0.25 * sigma, 0.5 * tau
+    sigma_floor = (dens_threshold ** (4.0 / 3.0)) ** 2
+    rho_c = jnp.maximum(half, dens_threshold)
+    tau_c = jnp.maximum(half_tau, TAU_THRESHOLD)
+    same = jnp.minimum(jnp.maximum(quarter, sigma_floor), 8.0 * rho_c * tau_c)
+    mixed = jnp.clip(quarter, -same, same)
+    rho_c = _straight_through(half, jax.lax.stop_gradient(rho_c))
+    tau_c = _straight_through(half_tau, jax.lax.stop_gradient(tau_c))
+    same_c = _straight_through(quarter, jax.lax.stop_gradient(same))
+    mixed_c = _straight_through(quarter, jax.lax.stop_gradient(mixed))
+    return rho_c, same_c, mixed_c, tau_c
+
+
 def _opz_pow(opz, n):
     """libxc's `opz_pow_n`: (1+ζ)^n, replaced by ζ_thr^n where 1+ζ ≤ ζ_thr (safe for grads)."""
     small = opz <= ZETA_THRESHOLD
@@ -154,6 +173,39 @@ def _spin_scaled_exchange(enhancement, rho, sigma, tau, dens_threshold):
     e_s = -X_FACTOR_C * rho_c * jnp.cbrt(rho_c) * fx
     e = jnp.sum(jnp.where(rho > dens_threshold, e_s, 0.0), axis=0)
     return jnp.where(rho[0] + rho[1] >= dens_threshold, e, 0.0)
+
+
+def _spin_scaled_exchange_unpolarised(enhancement, rho, sigma, tau, dens_threshold):
+    """`_spin_scaled_exchange` at ρα = ρβ = ρ/2 from the totals: twice one channel."""
+    rho_c, sigma_c, _, tau_c = _libxc_inputs_unpolarised(rho, sigma, tau, dens_threshold)
+    fx = enhancement(rho_c, sigma_c, tau_c)
+    e_s = -X_FACTOR_C * rho_c * jnp.cbrt(rho_c) * fx
+    return jnp.where(0.5 * rho > dens_threshold, 2.0 * e_s, 0.0)
+
+
+def _correlation_variables_unpolarised(rho, sigma, tau, dens_threshold):
+    """`_correlation_variables` at ρα = ρβ = ρ/2 from the totals (ζ = 0: φ = d_s = 1, f(ζ) = 0,
+    1 − ζ¹² = 1)."""
+    rho_c, same_c, mixed_c, tau_c = _libxc_inputs_unpolarised(rho, sigma, tau, dens_threshold)
+    n = 2.0 * rho_c
+    n13 = jnp.cbrt(n)
+    rs = RS_FACTOR / n13
+    sigma_t = 2.0 * same_c + 2.0 * mixed_c
+    xt2 = sigma_t / (n * n * n13 * n13)
+    return {
+        "n": n,
+        "zeta": 0.0,
+        "rs": rs,
+        "phi": 1.0,
+        "d_s": 1.0,
+        "f_zeta": 0.0,
+        "one_minus_z12": 1.0,
+        "s2": X2S**2 * 2.0 ** (2.0 / 3.0) * xt2,
+        "t2": xt2 / (16.0 * 2.0 ** (2.0 / 3.0) * rs),
+        "tau_w": sigma_t / (8.0 * n),
+        "tau": 2.0 * tau_c,
+        "tau_unif": K_FACTOR_C * (2.0 * (rho_c * jnp.cbrt(rho_c) ** 2)),
+    }
 
 
 def _correlation_variables(rho, sigma, tau, dens_threshold):
@@ -272,6 +324,14 @@ class R2SCANExchange(AbstractSemilocalFunctional):
     ) -> Float[Array, " ngrid"]:
         return _spin_scaled_exchange(self._enhancement, rho, sigma, tau, R2SCAN_X_DENS_THRESHOLD)
 
+    def energy_density_unpolarised(
+        self,
+        rho: Float[Array, " ngrid"],
+        sigma: Float[Array, " ngrid"],
+        tau: Float[Array, " ngrid"],
+    ) -> Float[Array, " ngrid"]:
+        return _spin_scaled_exchange_unpolarised(self._enhancement, rho, sigma, tau, R2SCAN_X_DENS_THRESHOLD)
+
 
 # ----------------------------------------------------------------------------------------------
 # Correlation
@@ -344,12 +404,28 @@ class R2SCANCorrelation(AbstractSemilocalFunctional):
     ) -> Float[Array, " ngrid"]:
         thr = R2SCAN_C_DENS_THRESHOLD
         v = _correlation_variables(rho, sigma, tau, thr)
-        n, zeta, rs, s2, t2 = v["n"], v["zeta"], v["rs"], v["s2"], v["t2"]
+        pw92 = lambda r: pw92_epsilon(r, v["zeta"], v["f_zeta"], PW92_MOD_PARAMS)  # noqa: E731
+        return jnp.where(rho[0] + rho[1] >= thr, v["n"] * self._per_particle(v, pw92), 0.0)
+
+    def energy_density_unpolarised(
+        self,
+        rho: Float[Array, " ngrid"],
+        sigma: Float[Array, " ngrid"],
+        tau: Float[Array, " ngrid"],
+    ) -> Float[Array, " ngrid"]:
+        thr = R2SCAN_C_DENS_THRESHOLD
+        v = _correlation_variables_unpolarised(rho, sigma, tau, thr)
+        pw92 = lambda r: pw92_epsilon_unpolarised(r, PW92_MOD_PARAMS)  # noqa: E731
+        return jnp.where(rho >= thr, v["n"] * self._per_particle(v, pw92), 0.0)
+
+    def _per_particle(self, v, pw92):
+        """ε_c (Hartree) from the variables of `_correlation_variables` and ε_c^PW92(r_s)."""
+        rs, s2, t2 = v["rs"], v["s2"], v["t2"]
         phi3, d_s, f_zeta = v["phi"] ** 3, v["d_s"], v["f_zeta"]
         alpha = (v["tau"] - v["tau_w"]) / (v["tau_unif"] + self.eta * v["tau_w"])
 
         ones = jnp.ones_like(rs)
-        eps_pw, deps_pw = jax.jvp(lambda r: pw92_epsilon(r, zeta, f_zeta, PW92_MOD_PARAMS), (rs,), (ones,))
+        eps_pw, deps_pw = jax.jvp(pw92, (rs,), (ones,))
         eclda0, declda0 = jax.jvp(self._eclda0, (rs,), (ones,))
         g_zeta = (1.0 - self.g_c * (2.0 ** (1.0 / 3.0) - 1.0) * f_zeta) * v["one_minus_z12"]
         elsda0 = eclda0 * g_zeta
@@ -369,8 +445,7 @@ class R2SCANCorrelation(AbstractSemilocalFunctional):
         ec0 = _scan_ec0(eclda0, g_zeta, s2, self.b1c, self.chi_infinity)
 
         f_alpha = _switching_function(alpha, RSCAN_FC, self.c1, self.c2, self.d)
-        ec = ec1 + f_alpha * (ec0 - ec1)
-        return jnp.where(rho[0] + rho[1] >= thr, n * ec, 0.0)
+        return ec1 + f_alpha * (ec0 - ec1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,6 +512,14 @@ class SCANExchange(AbstractSemilocalFunctional):
     ) -> Float[Array, " ngrid"]:
         return _spin_scaled_exchange(self._enhancement, rho, sigma, tau, SCAN_DENS_THRESHOLD)
 
+    def energy_density_unpolarised(
+        self,
+        rho: Float[Array, " ngrid"],
+        sigma: Float[Array, " ngrid"],
+        tau: Float[Array, " ngrid"],
+    ) -> Float[Array, " ngrid"]:
+        return _spin_scaled_exchange_unpolarised(self._enhancement, rho, sigma, tau, SCAN_DENS_THRESHOLD)
+
 
 class SCANCorrelation(AbstractSemilocalFunctional):
     """SCAN correlation (libxc MGGA_C_SCAN, id 267).
@@ -483,9 +566,24 @@ class SCANCorrelation(AbstractSemilocalFunctional):
     ) -> Float[Array, " ngrid"]:
         thr = SCAN_DENS_THRESHOLD
         v = _correlation_variables(rho, sigma, tau, thr)
+        eps_pw = pw92_epsilon(v["rs"], v["zeta"], v["f_zeta"], PW92_MOD_PARAMS)
+        return jnp.where(rho[0] + rho[1] >= thr, v["n"] * self._per_particle(v, eps_pw), 0.0)
+
+    def energy_density_unpolarised(
+        self,
+        rho: Float[Array, " ngrid"],
+        sigma: Float[Array, " ngrid"],
+        tau: Float[Array, " ngrid"],
+    ) -> Float[Array, " ngrid"]:
+        thr = SCAN_DENS_THRESHOLD
+        v = _correlation_variables_unpolarised(rho, sigma, tau, thr)
+        eps_pw = pw92_epsilon_unpolarised(v["rs"], PW92_MOD_PARAMS)
+        return jnp.where(rho >= thr, v["n"] * self._per_particle(v, eps_pw), 0.0)
+
+    def _per_particle(self, v, eps_pw):
+        """ε_c (Hartree) from the variables of `_correlation_variables` and ε_c^PW92."""
         rs, phi3 = v["rs"], v["phi"] ** 3
         alpha = (v["tau"] - v["tau_w"]) / v["tau_unif"]
-        eps_pw = pw92_epsilon(rs, v["zeta"], v["f_zeta"], PW92_MOD_PARAMS)
         gamma_phi3 = self.gamma * phi3
         w1 = jnp.exp(-eps_pw / gamma_phi3) - 1.0
         beta = self.beta_a * (1.0 + self.beta_b * rs) / (1.0 + self.beta_c * rs)
@@ -496,5 +594,4 @@ class SCANCorrelation(AbstractSemilocalFunctional):
         g_zeta = (1.0 - self.g_c * (2.0 ** (1.0 / 3.0) - 1.0) * v["f_zeta"]) * v["one_minus_z12"]
         ec0 = _scan_ec0(eclda0, g_zeta, v["s2"], self.b1c, self.chi_infinity)
         f_alpha = _scan_switching_function(alpha, self.c1, self.c2, self.d)
-        ec = ec1 + f_alpha * (ec0 - ec1)
-        return jnp.where(rho[0] + rho[1] >= thr, v["n"] * ec, 0.0)
+        return ec1 + f_alpha * (ec0 - ec1)

@@ -117,11 +117,12 @@ block of grid points only if max(|φ|, |∂xφ|, |∂yφ|, |∂zφ|) over the bl
 
 # Padded sizes of the per-block AO lists: 4·2^(k/2) rounded up to a multiple of 4 (4, 8, 12, 16,
 # 24, 32, 48, 64, 92, 128, 184, 256, 364, ...), capped at nao; a System uses at most
-# `_MAX_AO_GROUPS` of them (chosen to store the fewest values), one compiled loop over blocks
+# `_MAX_AO_GROUPS` of them (the fewest within 5 % of the dense store of the best choice), one compiled loop over blocks
 # each: adenine–thymine (def2-SVP, grid level 3) stores 49 % of the dense AO values with 4 sizes,
 # 48 % with all 10 it would use, 41 % without padding.
 _AO_LIST_SIZES = tuple(sorted({-(-math.ceil(4 * 2 ** (k / 2)) // 4) * 4 for k in range(48)}))
 _MAX_AO_GROUPS = 4
+_GROUP_SAVING = 0.05  # a further group must save 5 % of the dense AO values
 _NO_BLOCK = np.iinfo(np.int32).max  # the grid position of a filler block (dropped on assembly)
 
 
@@ -131,8 +132,9 @@ def _padded_list_size(n: int, nao: int) -> int:
 
 
 def _choose_list_sizes(sizes: np.ndarray, max_groups: int) -> list[int]:
-    """At most `max_groups` of the distinct values in `sizes` (always the largest), chosen so that
-    Σ_b (smallest chosen size ≥ sizes[b]) is smallest (exact dynamic programme, private)."""
+    """At most `max_groups` of the distinct values in `sizes` (always the largest): the fewest
+    whose Σ_b (smallest chosen size ≥ sizes[b]) is within `_GROUP_SAVING` of the dense store of
+    the smallest such sum (exact dynamic programme, private)."""
     values, counts = np.unique(sizes, return_counts=True)
     n = len(values)
     below = np.concatenate([[0], np.cumsum(counts)])  # blocks of sizes values[:j]
@@ -146,7 +148,13 @@ def _choose_list_sizes(sizes: np.ndarray, max_groups: int) -> list[int]:
                 c = cost[k - 1, i] + (below[j + 1] - below[i + 1]) * values[j]
                 if c < cost[k, j]:
                     cost[k, j], back[k, j] = c, i
-    k = int(np.argmin(cost[1:, n - 1])) + 1
+    # every group is one more compiled loop (in the forward, reverse and forward-over-reverse passes
+    # of every Fock build): take the fewest groups whose stored values are within `_GROUP_SAVING`
+    # of the dense store of the best choice (small molecules, whose blocks hold nearly every AO,
+    # get one group)
+    totals = cost[1:, n - 1]
+    slack = _GROUP_SAVING * below[-1] * values[-1]
+    k = int(np.argmax(totals <= totals.min() + slack)) + 1
     chosen, j = [], n - 1
     while k >= 1:
         chosen.append(int(values[j]))

@@ -4,12 +4,13 @@
                                        [--grid-level 3] [--grid-block-size 128] [--ao-threshold 1e-12]
                                        [--out benchmarks/results/system_memory.json]
 
-The System holds 8·(4·block·Σ_k nblock_k·size_k + naux·nao² + 6·nao² + nao·nmo + 4·ngrid + 4·natom)
-bytes (screened AO values and gradients by blocks of grid points, DF tensor, S, H_core, guess (2),
-dipole integrals (3), orthogonaliser, grid coordinates and weights, nuclei) plus the int32 AO
-lists of the blocks. The table shows the AO blocks beside what the dense AO array would take
-(4·ngrid·nao floats, the layout before issue 14), the DF tensor, and the fraction of AO slots
-stored. Each molecule is built in a fresh subprocess so that the peak resident memory is its own.
+The System holds 8·(4·block·Σ_k nblock_k·size_k + naux·nao(nao+1)/2 + 6·nao² + nao·nmo + 4·ngrid
++ 4·natom) bytes (screened AO values and gradients by blocks of grid points, DF tensor packed as
+lower triangles, S, H_core, guess (2), dipole integrals (3), orthogonaliser, grid coordinates and
+weights, nuclei) plus the int32 AO lists of the blocks. The table shows the AO blocks beside what
+the dense AO array would take (4·ngrid·nao floats, the layout before issue 14), the packed DF
+tensor, the fraction of AO slots stored, and the total with dense AOs and an unpacked DF tensor
+(the layout before issue 14). Each molecule is built in a fresh subprocess so that the peak resident memory is its own.
 Prints a table and writes JSON.
 """
 
@@ -33,10 +34,12 @@ def _atoms(name):
             "adenine_thymine": lambda: s22["Adenine-thymine_Watson-Crick_complex"]}[name]()
 
 
-def formula_bytes(nao, nmo, naux, ngrid, natom, ao_floats):
+def formula_bytes(nao, nmo, naux, ngrid, natom, ao_floats, df_floats=None):
     """Bytes of a System's arrays by the formula in `nlxc.System`'s docstring (`ao_floats`: the
-    number of stored AO values, 4·block·Σ_k nblock_k·size_k; 4·ngrid·nao for dense storage)."""
-    return 8 * (ao_floats + naux * nao**2 + 6 * nao**2 + nao * nmo + 4 * ngrid + 4 * natom)
+    number of stored AO values, 4·block·Σ_k nblock_k·size_k; 4·ngrid·nao for dense storage;
+    `df_floats`: the DF tensor's, naux·nao(nao+1)/2 packed by default, naux·nao² unpacked)."""
+    df_floats = naux * nao * (nao + 1) // 2 if df_floats is None else df_floats
+    return 8 * (ao_floats + df_floats + 6 * nao**2 + nao * nmo + 4 * ngrid + 4 * natom)
 
 
 def _child(name, basis, grid_level, block, threshold):
@@ -59,9 +62,11 @@ def _child(name, basis, grid_level, block, threshold):
            "ngrid": system.ngrid, "grid_block_size": block, "ao_threshold": threshold,
            "ao_groups": [list(g) for g in layout.groups],
            "formula_mb": formula_bytes(system.nao, system.nmo, system.naux, system.ngrid, natom, ao_floats) / 2**20,
-           "dense_formula_mb": formula_bytes(system.nao, system.nmo, system.naux, system.ngrid, natom, dense) / 2**20,
+           "dense_formula_mb": formula_bytes(system.nao, system.nmo, system.naux, system.ngrid, natom, dense,
+                                             system.naux * system.nao**2) / 2**20,
            "ao_blocks_mb": system.ao_blocks.nbytes / 2**20, "dense_ao_mb": 8 * dense / 2**20,
-           "cderi_mb": system.cderi.nbytes / 2**20, "ao_fraction": ao_floats / dense,
+           "cderi_mb": system.cderi_packed.nbytes / 2**20,
+           "cderi_unpacked_mb": 8 * system.naux * system.nao**2 / 2**20, "ao_fraction": ao_floats / dense,
            "arrays_mb": actual / 2**20, "build_s": elapsed,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     print("RESULT " + json.dumps(out))
@@ -102,7 +107,7 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as fh:
         json.dump({"basis": a.basis, "grid_level": a.grid_level, "grid_block_size": a.grid_block_size,
-                   "ao_threshold": a.ao_threshold, "rows": rows}, fh, indent=2)
+                   "ao_threshold": a.ao_threshold, "load_average": os.getloadavg(), "rows": rows}, fh, indent=2)
     print(f"\nwrote {a.out}")
 
 

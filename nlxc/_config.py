@@ -121,6 +121,12 @@ class DataConfig(_Section):
       target method's total energies; `"experiment"`: the experimental G2 atomization energies of
       [`nlxc.data.g2`][] (molecules named as in G2).
     - `max_buckets`: padded shapes per shell family (each one compiled once).
+    - `split_shells`: bucket closed- and open-shell molecules separately (default), so closed
+      shells keep the cheaper restricted SCF; `false` puts them in shared buckets, solved
+      unrestricted, which halves the programs to compile for a dataset with atoms.
+    - `max_block_groups`: at most this many groups of screened AO blocks per bucket
+      ([`nlxc.batch.merge_block_groups`][]; default: all of the covering layout); `1` compiles
+      one code path per grid evaluation (fastest to compile for small molecules).
     """
 
     _name = "data"
@@ -135,6 +141,8 @@ class DataConfig(_Section):
     split_seed: int = 0
     atomization_reference: str = "target"
     max_buckets: int = 1
+    split_shells: bool = True
+    max_block_groups: int | None = None
 
     @classmethod
     def from_mapping(cls, mapping, *, written: bool = False) -> DataConfig:
@@ -158,6 +166,8 @@ class DataConfig(_Section):
         _check(self.atomization_reference in ("target", "experiment"), "[data] atomization_reference",
                f"use 'target' or 'experiment', got {self.atomization_reference!r}")
         _check(self.max_buckets >= 1, "[data] max_buckets", f"must be at least 1, got {self.max_buckets}")
+        _check(self.max_block_groups is None or self.max_block_groups >= 1, "[data] max_block_groups",
+               f"must be at least 1, got {self.max_block_groups}")
         named = self.train + self.validation + self.test
         twice = sorted({n for n in named if named.count(n) > 1})
         _check(not twice, "[data]", f"molecules in more than one split: {', '.join(twice)}")
@@ -192,24 +202,51 @@ class ModelConfig(_Section):
         return hash(json.dumps(self.to_dict(), sort_keys=True))
 
 
-LOSS_TERMS = ("energy", "atomization", "density", "non_self_consistent")
+LOSS_TERMS = ("energy", "atomization", "density", "non_self_consistent", "trajectory", "derivative", "excitation")
+PENALTIES = ("correlation_sign", "lieb_oxford", "spin_scaling", "uniform_gas")
+"""The constraint penalties of `[loss] penalties` (the `*_penalty` functions of `nlxc.xc`)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig(_Section):
-    """`[loss]`: weights of the terms of the training loss (see [`nlxc.losses`][]).
+    """`[loss]`: weights of the terms of the training loss (see [`nlxc.losses`][]) and their options.
 
-    - `energy`: total energies through the SCF ([`energy_loss`][nlxc.losses.energy_loss]).
+    Terms (a weight ≥ 0 each; 0 leaves the term out):
+
+    - `energy`: total energies through the SCF ([`energy_loss`][nlxc.losses.energy_loss]; the
+      Kohn–Sham-regularised energy loss).
     - `atomization`: atomization energies Σ_a E_a − E_mol of the target method through the SCF
       ([`reaction_loss`][nlxc.losses.reaction_loss]).
     - `density`: ∫(ρ − ρ_ref)² ([`density_loss`][nlxc.losses.density_loss], `density_metric`
       `"l2"` or `"coulomb"`); needs density matrices in the dataset.
     - `non_self_consistent`: energies at the fixed reference densities
       ([`non_self_consistent_loss`][nlxc.losses.non_self_consistent_loss]).
-    - `kind`: `"mse"`, `"mae"` or `"huber"` for the energy terms.
+    - `trajectory`: the Kohn–Sham regulariser's trajectory loss
+      ([`trajectory_loss`][nlxc.losses.trajectory_loss]): the energy error after each of
+      `trajectory_steps` unrolled SCF iterations from the Systems' initial guess, weighted
+      `trajectory_discount`^(K−k) and zero for the first `trajectory_skip`, plus
+      `trajectory_density` × the final ∫(ρ − ρ_ref)².
+    - `derivative`: the derivative-informed loss ([`derivative_loss`][nlxc.losses.derivative_loss]) at
+      the reference densities: `gradient_weight` × the orbital-gradient error +
+      `hessian_weight` × the orbital-Hessian error along `derivative_directions` random
+      directions per molecule (drawn once, from `[run] seed`), with labels of nlxc's
+      `derivative_reference` functional (default: the `[data] target`, which must then be a
+      functional nlxc has, e.g. `"b3lyp"`); needs density matrices in the dataset.
+    - `excitation`: the `excitation_states` lowest excitation energies at the SCF solution
+      ([`excitation_energy_loss`][nlxc.response.excitation_energy_loss]; Tamm–Dancoff if
+      `excitation_tda`, else full Casida), against PySCF's TDDFT of `excitation_reference`
+      (default: the `[data] target`) at the dataset's density. Dense matrices: small molecules.
+    - `penalties`: a table `{name = weight}` of exact-constraint penalties of the functional at
+      the training molecules' SCF densities: `correlation_sign`, `lieb_oxford`, `spin_scaling`
+      (the `nlxc.xc` `*_penalty` functions, averaged over the molecules), and
+      `uniform_gas` (semilocal functionals: the uniform-gas limit at r_s from 0.1 to 10 Bohr,
+      ζ = 0 and 1).
 
-    Each term is a weighted mean over the molecules (reactions) of the split; the loss is
-    Σ weight · term, in Hartree² for `"mse"`.
+    `kind`: `"mse"`, `"mae"` or `"huber"` for the energy terms (`energy`, `atomization`,
+    `non_self_consistent`; `"mse"` or `"mae"` for `excitation`). Each term is a weighted mean
+    over the molecules (reactions) of the split; the loss is Σ weight · term, in Hartree² for
+    `"mse"`. The least-squares optimisers (`[optimizer] name = "levenberg-marquardt"`,
+    `"gauss-newton"`) need `kind = "mse"`.
     """
 
     _name = "loss"
@@ -217,38 +254,95 @@ class LossConfig(_Section):
     atomization: float = 1.0
     density: float = 0.0
     non_self_consistent: float = 0.0
+    trajectory: float = 0.0
+    derivative: float = 0.0
+    excitation: float = 0.0
+    penalties: dict = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
     kind: str = "mse"
     density_metric: str = "l2"
+    trajectory_steps: int = 20
+    trajectory_discount: float = 0.9
+    trajectory_skip: int = 0
+    trajectory_density: float = 0.0
+    gradient_weight: float = 1.0
+    hessian_weight: float = 1.0
+    derivative_directions: int = 2
+    derivative_reference: str = ""
+    excitation_states: int = 3
+    excitation_tda: bool = True
+    excitation_reference: str = ""
 
     def __post_init__(self):
         for term in LOSS_TERMS:
             _check(getattr(self, term) >= 0, f"[loss] {term}", f"weights must be non-negative, got {getattr(self, term)}")
+        for name, weight in self.penalties.items():
+            _check_known(name, PENALTIES, f"config [loss] penalties: unknown penalty {name!r}", repr)
+            _check(isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight)
+                   and weight >= 0, f"[loss] penalties {name}", f"expected a non-negative number, got {weight!r}")
+        object.__setattr__(self, "penalties", types.MappingProxyType({k: float(v) for k, v in self.penalties.items()}))
         _check(any(getattr(self, t) > 0 for t in LOSS_TERMS), "[loss]",
                f"every weight is zero; give one of {', '.join(LOSS_TERMS)} a positive weight")
         _check(self.kind in ("mse", "mae", "huber"), "[loss] kind", f"use 'mse', 'mae' or 'huber', got {self.kind!r}")
         _check(self.density_metric in ("l2", "coulomb"), "[loss] density_metric",
                f"use 'l2' or 'coulomb', got {self.density_metric!r}")
+        _check(self.trajectory_steps >= 1, "[loss] trajectory_steps", f"must be at least 1, got {self.trajectory_steps}")
+        _check(0 < self.trajectory_discount <= 1, "[loss] trajectory_discount",
+               f"must be in (0, 1], got {self.trajectory_discount}")
+        _check(0 <= self.trajectory_skip < self.trajectory_steps, "[loss] trajectory_skip",
+               f"must be in [0, trajectory_steps = {self.trajectory_steps}), got {self.trajectory_skip}")
+        _check(self.trajectory_density >= 0, "[loss] trajectory_density",
+               f"must be non-negative, got {self.trajectory_density}")
+        for key in ("gradient_weight", "hessian_weight"):
+            _check(getattr(self, key) >= 0, f"[loss] {key}", f"must be non-negative, got {getattr(self, key)}")
+        if self.derivative:
+            _check(self.gradient_weight > 0 or self.hessian_weight > 0, "[loss] derivative",
+                   "gradient_weight and hessian_weight are both zero")
+        _check(self.derivative_directions >= 1, "[loss] derivative_directions",
+               f"must be at least 1, got {self.derivative_directions}")
+        _check(self.excitation_states >= 1, "[loss] excitation_states",
+               f"must be at least 1, got {self.excitation_states}")
+        if self.excitation:
+            _check(self.kind in ("mse", "mae"), "[loss] kind",
+                   f"the excitation term takes 'mse' or 'mae', got {self.kind!r}")
 
     def weights(self) -> dict[str, float]:
         return {t: getattr(self, t) for t in LOSS_TERMS if getattr(self, t) > 0}
 
+    def __hash__(self):
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "lion", "adabelief")
+LEAST_SQUARES = ("levenberg-marquardt", "gauss-newton")
+"""Optimisers of `[optimizer] name` that minimise the loss as a sum of squared residuals (optimistix)."""
 SCHEDULES = ("constant", "cosine", "exponential", "warmup_cosine")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig(_Section):
-    """`[optimizer]`: an optax optimiser and learning-rate schedule.
+    """`[optimizer]`: an optax optimiser and learning-rate schedule, or a least-squares solver.
 
-    - `name`: one of `adam`, `adamw`, `sgd`, `rmsprop`, `lion`, `adabelief` (optax).
+    - `name`: one of `adam`, `adamw`, `sgd`, `rmsprop`, `lion`, `adabelief` (optax), or
+      `levenberg-marquardt` / `gauss-newton` (`optimistix.LevenbergMarquardt` /
+      `optimistix.GaussNewton` on the vector of residuals whose sum of squares is the
+      training loss; each step is one evaluation of the residuals and their Jacobian, by
+      reverse mode through the SCF; a step the trust region rejects keeps the parameters).
+      The run stops early when the solver's Cauchy termination (`rtol`, `atol`) is met.
+      `learning_rate`, `schedule`, `clip_norm` and `weight_decay` are for the optax optimisers.
     - `learning_rate`: peak learning rate.
     - `schedule`: `constant`, `cosine` (decays to `final_fraction` · peak over the run),
       `exponential` (the same end point, geometric), `warmup_cosine` (linear warm-up over
       `warmup_steps`, then cosine).
     - `clip_norm`: clip the global gradient norm to this (0: no clipping).
     - `weight_decay`: for `adamw`.
+    - `rtol`, `atol`: the termination tolerances of the least-squares solvers (parameters and
+      residuals, optimistix's Cauchy termination).
     """
+
+    @property
+    def least_squares(self) -> bool:
+        """Whether `name` is a least-squares solver (optimistix) rather than an optax optimiser."""
+        return self.name in LEAST_SQUARES
 
     _name = "optimizer"
     name: str = "adam"
@@ -258,9 +352,14 @@ class OptimizerConfig(_Section):
     final_fraction: float = 0.1
     clip_norm: float = 0.0
     weight_decay: float = 1e-4
+    rtol: float = 1e-8
+    atol: float = 1e-8
 
     def __post_init__(self):
-        _check(self.name in OPTIMIZERS, "[optimizer] name", f"unknown optimiser {self.name!r}; use one of {', '.join(OPTIMIZERS)}")
+        _check(self.name in OPTIMIZERS + LEAST_SQUARES, "[optimizer] name",
+               f"unknown optimiser {self.name!r}; use one of {', '.join(OPTIMIZERS + LEAST_SQUARES)}")
+        _check(self.rtol > 0, "[optimizer] rtol", f"must be positive, got {self.rtol}")
+        _check(self.atol > 0, "[optimizer] atol", f"must be positive, got {self.atol}")
         _check(self.schedule in SCHEDULES, "[optimizer] schedule",
                f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
         _check(self.learning_rate > 0, "[optimizer] learning_rate", f"must be positive, got {self.learning_rate}")
@@ -361,6 +460,12 @@ class TrainConfig:
             _check_known(name, _SECTIONS, f"config: unknown section [{name}]", lambda k: f"[{k}]")
             sections[name] = _SECTIONS[name].from_mapping(value, written=written)
         return cls(**sections)
+
+    def __post_init__(self):
+        if self.optimizer.least_squares:
+            _check(self.loss.kind == "mse", "[loss] kind",
+                   f"[optimizer] name = {self.optimizer.name!r} minimises a sum of squared residuals: use "
+                   f"kind = 'mse', got {self.loss.kind!r}")
 
     def to_dict(self) -> dict:
         """Nested plain dicts (JSON-serialisable), the inverse of `from_dict`."""

@@ -30,6 +30,7 @@ __all__ = [
     "BucketShape",
     "as_unrestricted",
     "choose_buckets",
+    "merge_block_groups",
     "make_batches",
     "shard",
     "solve_batch",
@@ -163,6 +164,48 @@ def choose_buckets(
     return groups[::-1]
 
 
+def merge_block_groups(layout: BlockLayout, max_groups: int) -> BlockLayout:
+    """`layout` with at most `max_groups` groups of AO blocks: the blocks of the smaller list
+    sizes move into larger ones (their AO lists padded), chosen so that the stored AO values,
+    Σ_group (blocks × list size), are smallest; the largest list size is always kept.
+
+    Every group of screened blocks is a separate code path of each grid evaluation in a compiled
+    program (the density, the XC potential and their derivatives, in every SCF iteration and
+    adjoint solve), so a bucket of small molecules compiles faster with one group (all its
+    blocks at the largest list size) than with several; large molecules, whose blocks screen
+    away most of the basis, store and compute less with several. The result covers `layout`
+    ([`nlxc.pad_system`][] and `AOBlocks.relayout` accept it).
+
+    **Raises:** `ValueError` if `max_groups < 1`.
+    """
+    if max_groups < 1:
+        raise ValueError(f"max_groups must be at least 1, got {max_groups}")
+    groups = sorted(layout.groups)
+    m = len(groups)
+    if m <= max_groups:
+        return layout
+    sizes = [s for s, _ in groups]
+    below = np.concatenate([[0], np.cumsum([n for _, n in groups])])
+    # best[k][j]: smallest storage of groups[:j+1] in k merged groups, the last of list size sizes[j]
+    inf = float("inf")
+    best = np.full((max_groups + 1, m), inf)
+    back = np.zeros((max_groups + 1, m), dtype=int)
+    best[1] = below[1:] * np.asarray(sizes)
+    for k in range(2, max_groups + 1):
+        for j in range(m):
+            for i in range(j):  # the previous merged group ends at groups[i]
+                c = best[k - 1, i] + (below[j + 1] - below[i + 1]) * sizes[j]
+                if c < best[k, j]:
+                    best[k, j], back[k, j] = c, i
+    k = int(np.argmin(best[1:, m - 1])) + 1
+    merged, j = [], m - 1
+    while k >= 1:
+        i = back[k, j] if k > 1 else -1
+        merged.append((sizes[j], int(below[j + 1] - below[i + 1])))
+        j, k = i, k - 1
+    return BlockLayout(layout.block_size, tuple(sorted(merged)))
+
+
 class Batch(eqx.Module):
     """Molecules padded to one shape and stacked, ready for `jax.vmap`.
 
@@ -188,6 +231,7 @@ def make_batches(
     batch_size: int | None = None,
     multiple: int = 1,
     split_shells: bool = True,
+    max_block_groups: int | None = None,
 ) -> list[Batch]:
     """Pad, bucket and stack Systems into batches for `jax.vmap`.
 
@@ -204,15 +248,22 @@ def make_batches(
     - `split_shells`: bucket restricted (closed-shell) and unrestricted Systems separately
       (`max_buckets` each), so closed shells keep the cheaper restricted SCF; with `False`
       they share buckets and a mixed bucket is solved unrestricted.
+    - `max_block_groups`: at most this many groups of screened AO blocks (AO-list sizes) per
+      bucket ([`merge_block_groups`][nlxc.batch.merge_block_groups]); `None` keeps every list
+      size of the bucket's covering layout. With `split_shells=False, max_buckets=1,
+      max_block_groups=1` a whole dataset of small molecules compiles one SCF program, with a
+      single code path per grid evaluation.
 
     **Returns:** a list of [`Batch`][nlxc.batch.Batch]es; every molecule appears in exactly one,
     with `mask=True`.
 
-    **Raises:** `ValueError` for an empty list or `batch_size < 1`.
+    **Raises:** `ValueError` for an empty list, `batch_size < 1` or `max_block_groups < 1`.
     """
     systems = list(systems)
     if not systems:
         raise ValueError("no Systems to batch")
+    if max_block_groups is not None and max_block_groups < 1:
+        raise ValueError(f"max_block_groups must be at least 1, got {max_block_groups}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if split_shells:
@@ -229,6 +280,8 @@ def make_batches(
         mixed = len({systems[i].restricted for i in group}) > 1
         shape = BucketShape.covering([systems[i] for i in group], multiple)
         layout = BlockLayout.covering([systems[i].ao_blocks.layout for i in group], shape.nao)
+        if max_block_groups is not None:
+            layout = merge_block_groups(layout, max_block_groups)
         size = len(group) if batch_size is None else batch_size
         for start in range(0, len(group), size):
             chunk = group[start : start + size]

@@ -28,6 +28,9 @@ _SET_REFERENCES = {
     "g2_2": "experimental G2-2 atomization energies (ASE's G2 data; Curtiss et al. 1997)",
     "w4-11": "W4-11 atomization energies (W4 theory, nonrelativistic, vibrationless; Karton et al. 2011)",
 }
+# The default basis of a periodic `nlxc scf` (GTH valence basis with the widest coverage in PySCF).
+_PERIODIC_BASIS = "gth-dzvp-molopt-sr"
+_PERIODIC_OPTIONS = ("pseudo", "kpts", "smearing", "mesh", "scales")
 # PySCF's "Basis may be available in basis-set-exchange ..." hint, as a -W/PYTHONWARNINGS filter
 # (a literal message prefix) for the worker processes that `--processes N` spawns.
 _BSE_FILTERS = ("ignore:Basis may be available in basis-set-exchange:UserWarning",
@@ -74,9 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     scf = sub.add_parser("scf", help="run a self-consistent field calculation",
                          description="Kohn–Sham (or Hartree–Fock) SCF with density fitting.")
-    scf.add_argument("geometry", help="XYZ file in Ångström, or a bundled molecule: water, benzene")
+    scf.add_argument("geometry", help="XYZ file in Ångström, or a bundled molecule: water, benzene; or a crystal "
+                                      "structure with a cell that ASE reads (CIF, POSCAR, extended XYZ), Ångström")
     scf.add_argument("--xc", default="pbe", help="functional, PySCF names: lda/svwn, pbe, blyp, b3lyp, pbe0, r2scan, hf")
-    scf.add_argument("--basis", default="def2-svp", help="basis set name known to PySCF (default def2-svp)")
+    scf.add_argument("--basis", default=None, help="basis set name known to PySCF (default def2-svp; for a crystal "
+                                                   f"{_PERIODIC_BASIS})")
     scf.add_argument("--charge", type=int, default=0, help="total charge Q (default 0)")
     scf.add_argument("--spin", type=int, default=0, help="2S = N_alpha - N_beta (default 0)")
     scf.add_argument("--grid-level", type=int, default=3, help="PySCF grid level 0-9 (default 3)")
@@ -88,6 +93,20 @@ def _parser() -> argparse.ArgumentParser:
     scf.add_argument("--triplet", action="store_true",
                      help="with --tddft: triplet instead of singlet excitations (closed shells)")
     scf.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    periodic = scf.add_argument_group("crystals (nlxc.pbc; any of these, or a structure file with a cell, "
+                                      "makes the calculation periodic)")
+    periodic.add_argument("--pseudo", default=None, help="GTH pseudopotential: gth-pade (LDA), gth-pbe, ...")
+    periodic.add_argument("--kpts", nargs="+", default=None, metavar="N",
+                          help="Monkhorst-Pack k-mesh, three positive integers (default 1 1 1, the Γ point)")
+    periodic.add_argument("--smearing", default=None, metavar="WIDTH",
+                          help="Fermi-Dirac smearing width in Hartree (metals; default none)")
+    periodic.add_argument("--mesh", nargs="+", default=None, metavar="N",
+                          help="PySCF's Cell.mesh, three positive integers (default PySCF's for the cell)")
+    periodic.add_argument("--eos", action="store_true",
+                          help="lattice scan: E(V) over scaled cells and ASE's equation-of-state fit "
+                               "(lattice constant, bulk modulus)")
+    periodic.add_argument("--scales", nargs="+", default=None, metavar="S",
+                          help="with --eos: linear scale factors of the cell (at least 5; default 0.97 ... 1.03, 7)")
 
     train = sub.add_parser("train", help="train a functional through the SCF from a config file",
                            description="Train the functional of a TOML/YAML config (see nlxc.train); "
@@ -327,6 +346,173 @@ def _print_excitations(out) -> None:
         print(f"    {n:5d}  {w:12.6f}  {w * HARTREE2EV:14.4f}  {f:20.6f}")
 
 
+def _is_periodic(args) -> bool:
+    """`nlxc scf` on a crystal: a periodic option was given, or the structure file has a cell
+    (a file that is not XYZ, or an extended XYZ file with `Lattice=`)."""
+    if args.eos or any(getattr(args, name) is not None for name in _PERIODIC_OPTIONS):
+        return True
+    path = _geometry_path(args.geometry)
+    if not os.path.isfile(path):
+        return False
+    if not path.lower().endswith(".xyz"):
+        return True
+    try:
+        with open(path, encoding="utf-8") as f:
+            f.readline()
+            return "lattice=" in f.readline().lower()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _three_positive(values: list[str] | None, option: str) -> tuple[int, int, int] | None:
+    """`--mesh N N N` as three positive integers (one-line error otherwise)."""
+    if values is None:
+        return None
+    if len(values) != 3 or not all(v.strip().lstrip("+").isdigit() and int(v) > 0 for v in values):
+        raise InputError(f"{option} must be three positive integers, got {' '.join(values)}")
+    return int(values[0]), int(values[1]), int(values[2])
+
+
+def _smearing_width(text: str | None) -> float | None:
+    import math
+
+    if text is None:
+        return None
+    try:
+        width = float(text)
+    except ValueError:
+        raise InputError(f"--smearing must be a Fermi-Dirac width in Hartree, got {text!r}") from None
+    if not math.isfinite(width) or width <= 0:
+        raise InputError(f"--smearing must be a positive width in Hartree, got {text}")
+    return width
+
+
+def _scale_factors(texts: list[str] | None) -> list[float] | None:
+    if texts is None:
+        return None
+    try:
+        return [float(t) for t in texts]
+    except ValueError:
+        raise InputError(f"--scales must be numbers, got {' '.join(texts)}") from None
+
+
+def _run_periodic_scf(args) -> int:
+    """`nlxc scf STRUCTURE --pseudo NAME --kpts N N N ...`: the k-point SCF of a crystal (nlxc.pbc),
+    or with `--eos` a lattice scan and ASE's equation-of-state fit."""
+    import numpy as np
+
+    import nlxc  # noqa: F401  (float64)
+    from .models import get_functional
+    from .pbc import PeriodicSystem, build_cell, check_functional, check_kmesh, solve
+    from .scf import FermiDirac
+
+    for name, given in (("--tddft", args.tddft is not None), ("--tda", args.tda), ("--triplet", args.triplet),
+                        ("--auxbasis", args.auxbasis is not None)):
+        if given:
+            raise InputError(f"{name} is for molecules; a crystal (--pseudo/--kpts or a structure with a cell) "
+                             "uses PySCF's GDF and no TDDFT")
+    if args.max_steps < 1:
+        raise InputError(f"--max-steps must be positive, got {args.max_steps}")
+    if args.scales is not None and not args.eos:
+        raise InputError("--scales needs --eos (the lattice scan)")
+    kmesh = check_kmesh(args.kpts) if args.kpts is not None else (1, 1, 1)
+    mesh = _three_positive(args.mesh, "--mesh")
+    width = _smearing_width(args.smearing)
+    scales = _scale_factors(args.scales)
+    basis = args.basis or _PERIODIC_BASIS
+    functional = get_functional(args.xc)
+    check_functional(functional)
+    structure = _geometry_path(args.geometry)
+    t0 = time.perf_counter()
+    cell = build_cell(structure, basis, args.pseudo, charge=args.charge, spin=args.spin,
+                      kmesh=kmesh if args.kpts is not None else None, smearing=width, mesh=mesh)
+    setup = {"xc": args.xc, "basis": basis, "pseudo": args.pseudo, "kpts": list(kmesh), "smearing": width,
+             "charge": args.charge, "spin": args.spin}
+    if args.eos:
+        return _run_eos(args, functional, structure, basis, kmesh, width, mesh, scales, setup, t0)
+    system = PeriodicSystem.from_cell(cell, kmesh)
+    t1 = time.perf_counter()
+    result = solve(functional, system, smearing=None if width is None else FermiDirac(width),
+                   max_steps=args.max_steps)
+    result.energy.block_until_ready()
+    t2 = time.perf_counter()
+    components = result.components.as_dict()
+    out = {
+        "energy": float(result.energy),
+        "converged": bool(result.converged),
+        "n_iterations": int(result.n_iterations),
+        "components": {k: v for k, v in components.items() if k != "total"},
+        "free_energy": float(result.free_energy),
+        "entropy": float(result.entropy),
+        "fermi_level": float(result.fermi_level),
+        **setup,
+        "restricted": bool(system.restricted),
+        "natom": int(cell.natm),
+        "n_electrons": int(cell.nelectron),
+        "nk": system.nk,
+        "nao": system.nao,
+        "naux": system.naux,
+        "ngrid": system.ngrid,
+        "mesh": [int(n) for n in cell.mesh],
+        "volume_angstrom3": float(cell.vol) * float(np.power(nlxc.constants.ANGSTROM_TO_BOHR, -3)),
+        "units": "Hartree per cell",
+        "time_system_s": t1 - t0,
+        "time_scf_s": t2 - t1,
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        kind = "KRKS" if system.restricted else "KUKS"
+        smeared = f", Fermi-Dirac smearing {width} Ha" if width is not None else ""
+        print(f"nlxc {kind}/{args.xc}/{basis}/{args.pseudo}  ({cell.natm} atoms, {cell.nelectron} electrons per cell, "
+              f"k-mesh {'x'.join(map(str, kmesh))}, {system.nao} basis functions, {system.naux} auxiliary, "
+              f"{system.ngrid} grid points{smeared})")
+        print(f"  one-electron energy   {components['one_electron']:20.10f} Ha")
+        print(f"  Coulomb energy        {components['coulomb']:20.10f} Ha")
+        print(f"  XC energy             {components['xc']:20.10f} Ha")
+        print(f"  nuclear (Ewald)       {components['nuclear_repulsion']:20.10f} Ha")
+        print(f"  total energy          {out['energy']:20.10f} Ha per cell")
+        if width is not None:
+            print(f"  free energy E - TS    {out['free_energy']:20.10f} Ha per cell")
+        print(f"  Fermi level           {out['fermi_level']:20.10f} Ha")
+        status = "converged" if out["converged"] else "NOT CONVERGED"
+        print(f"  SCF {status} in {out['n_iterations']} iterations "
+              f"({t2 - t1:.2f} s including compilation; system built in {t1 - t0:.2f} s)")
+    return EXIT_OK if out["converged"] else EXIT_FAILED
+
+
+def _run_eos(args, functional, structure, basis, kmesh, width, mesh, scales, setup, t0) -> int:
+    """`nlxc scf STRUCTURE --eos`: E(V) over scaled cells and ASE's Birch-Murnaghan fit."""
+    from .pbc import DEFAULT_SCALES, PeriodicEnergy, SCFNotConvergedError, eos_scan
+
+    scales = list(DEFAULT_SCALES) if scales is None else scales
+    energy = PeriodicEnergy(functional, basis, args.pseudo, kmesh, smearing=width, charge=args.charge,
+                            spin=args.spin, mesh=mesh, max_steps=args.max_steps)
+    if not args.json:
+        print(f"nlxc lattice scan {args.xc}/{basis}/{args.pseudo}, k-mesh {'x'.join(map(str, kmesh))}")
+        print("     scale   energy / Ha per cell")
+
+    def progress(scale: float, value: float) -> None:
+        if not args.json:
+            print(f"  {scale:8.4f}   {value:20.10f}", flush=True)
+
+    try:
+        fit = eos_scan(energy, structure, scales, progress=progress)
+    except SCFNotConvergedError as err:
+        print(f"nlxc: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    out = {**fit.as_dict(), **setup, "mesh": None if mesh is None else list(mesh),
+           "time_s": time.perf_counter() - t0}
+    if args.json:
+        print(json.dumps(out))
+        return EXIT_OK
+    bulk = "n/a (not all lattice vectors scaled)" if fit.bulk_modulus is None else f"{fit.bulk_modulus:.2f} GPa"
+    print(f"  {fit.eos} fit (ASE): lattice constant {fit.lattice_constant:.5f} Å (scale {fit.scale:.5f}), "
+          f"volume {fit.volume:.4f} Å³ per cell, bulk modulus {bulk}, E0 {fit.energy:.10f} Ha per cell")
+    print(f"  wall time {out['time_s']:.0f} s")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `nlxc` command (`nlxc scf`, `nlxc train`, `nlxc evaluate`).
 
@@ -355,6 +541,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _quiet_pyscf_hints():
             if args.command == "scf":
+                if _is_periodic(args):
+                    return _run_periodic_scf(args)
+                if args.basis is None:
+                    args.basis = "def2-svp"
                 return _run_scf(args)
             if args.command == "train":
                 return _run_train(args)

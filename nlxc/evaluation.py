@@ -159,7 +159,7 @@ def evaluate(functional, *, set_name: str, basis: str, grid_level: int, molecule
       [`nlxc.train.load_checkpoint`][]).
     - `set_name`: one of [`BENCHMARK_SETS`][nlxc.evaluation.BENCHMARK_SETS]: `"g2"` (all
       G2 atomization energies, experimental references), `"g2_1"`, `"g2_2"`, `"w4-11"`
-      (W4 atomization energies), `"default"` (the default dataset's 12 atomization energies).
+      (W4 atomization energies), `"default"` (the default dataset's 30 atomization energies).
     - `basis`, `grid_level`: of every calculation (the trained functional's, normally).
     - `molecules`: only these reactions of the set (by name; they bring their species).
     - `baselines`: PySCF functionals computed on the same molecules, basis and grid.

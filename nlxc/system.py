@@ -108,6 +108,39 @@ def _write_block(buffer, block, start, axis):
     return jax.lax.dynamic_update_slice(buffer, block.astype(buffer.dtype), tuple(index))
 
 
+@functools.lru_cache(maxsize=64)
+def _tril_index(nao: int) -> np.ndarray:
+    """(nao, nao) int32: the position of (μ, ν) in the packed lower triangle (symmetric)."""
+    rows, cols = np.tril_indices(nao)
+    index = np.zeros((nao, nao), dtype=np.int32)
+    index[rows, cols] = index[cols, rows] = np.arange(len(rows), dtype=np.int32)
+    index.setflags(write=False)
+    return index
+
+
+def packed_size(nao: int) -> int:
+    """nao(nao+1)/2: the length of a packed symmetric `(nao, nao)` matrix."""
+    return nao * (nao + 1) // 2
+
+
+def unpack_tril(packed: Float[Array, "*batch npair"], nao: int) -> Float[Array, "*batch nao nao"]:
+    """The symmetric matrices `(..., nao, nao)` of their packed lower triangles `(..., nao(nao+1)/2)`
+    (row by row, μ ≥ ν: PySCF's `lib.pack_tril` order)."""
+    return jnp.take(packed, jnp.asarray(_tril_index(nao)), axis=-1)
+
+
+def pack_symmetric(matrix: Float[Array, "*batch nao nao"]) -> Float[Array, "*batch npair"]:
+    """Packed weights w `(..., nao(nao+1)/2)` of matrices M `(..., nao, nao)` such that
+    Σ_μν B_μν M_μν = Σ_k b_k w_k for every symmetric B with packed lower triangle b: w holds
+    M_μν + M_νμ for μ > ν and M_μμ on the diagonal (in [`unpack_tril`][nlxc.system.unpack_tril]'s
+    order). Linear in M, so its derivative is exact."""
+    nao = matrix.shape[-1]
+    rows, cols = np.tril_indices(nao)
+    both = matrix + jnp.swapaxes(matrix, -1, -2)
+    half = np.where(rows == cols, 0.5, 1.0)
+    return both[..., rows, cols] * half
+
+
 GRID_BLOCK_SIZE = 192
 """Default number of grid points per block of the AO values (`System.from_pyscf(grid_block_size=...)`)."""
 
@@ -405,8 +438,11 @@ class System(eqx.Module):
     - `core_hamiltonian`: kinetic + nuclear attraction (+ ECP) matrix, `(nao, nao)`, Hartree.
     - `orthogonalizer`: X with Xᵀ S X = 1 (canonical orthogonalisation, eigenvalues of S below
       1e-8 dropped), `(nao, nmo)`.
-    - `cderi`: Cholesky-orthogonalised density-fitting tensor B with
-      (μν|λσ) ≈ Σ_Q B_Qμν B_Qλσ, `(naux, nao, nao)`, Hartree^½.
+    - `cderi_packed`: Cholesky-orthogonalised density-fitting tensor B with
+      (μν|λσ) ≈ Σ_Q B_Qμν B_Qλσ, Hartree^½, stored as the lower triangle of each (symmetric)
+      B_Q, `(naux, nao(nao+1)/2)` (PySCF's `aosym="s2ij"` layout; half the memory of the full
+      tensor). [`cderi`][nlxc.System.cderi] unpacks it to `(naux, nao, nao)` on request;
+      [`nlxc.system.unpack_tril`][] and [`nlxc.system.pack_symmetric`][] convert.
     - `ao_blocks`: the AO values and their x, y, z derivatives on the grid, by blocks of grid
       points, screened ([`AOBlocks`][nlxc.system.AOBlocks]): only the basis functions
       non-negligible on a block are stored for it. Grid quantities are evaluated block by block
@@ -429,21 +465,22 @@ class System(eqx.Module):
       C6H6: 442 MB per operator).
 
     **Memory.** With 8-byte floats a System holds about
-    `8·(4·block·Σ_k nblock_k·size_k + naux·nao² + 6·nao² + nao·nmo + 4·ngrid + 4·natom)` bytes,
-    dominated by the screened AO values (at most the dense `4·ngrid·nao`, less the more spread
-    out the molecule) and the DF tensor. Measured (def2-SVP, def2-universal-jkfit, grid level 3,
-    blocks of 192 points, threshold 1e-10): H2O (nao=24, naux=113, ngrid=33 664): 26 MB (AOs 97 %
-    of dense); C6H6 (nao=114, naux=558, ngrid=142 776): 479 MB (AOs 419 MB, 84 % of dense; the DF
-    tensor 55 MB); the 30-atom adenine–thymine pair of S22 (nao=321, naux=1641, ngrid=372 686):
-    3.15 GB (AOs 1.84 GB, 50 % of the dense 3.65 GB; the DF tensor 1.29 GB), 4.96 GB with dense
-    AOs. `benchmarks/system_memory.py` prints these numbers for any molecule (results in
+    `8·(4·block·Σ_k nblock_k·size_k + naux·nao(nao+1)/2 + 6·nao² + nao·nmo + 4·ngrid + 4·natom)`
+    bytes, dominated by the screened AO values (at most the dense `4·ngrid·nao`, less the more
+    spread out the molecule) and the packed DF tensor. Measured 2026-12-07 (def2-SVP,
+    def2-universal-jkfit, grid level 3, blocks of 192 points, threshold 1e-10): H2O (nao=24,
+    naux=113, ngrid=33 664): 26 MB; C6H6 (nao=114, naux=558, ngrid=142 776): 458 MB (AOs 425 MB,
+    85 % of dense; the DF tensor 28 MB, 55 MB unpacked); the 30-atom adenine–thymine pair of S22
+    (nao=321, naux=1641, ngrid=372 686): 2.56 GB (AOs 1.90 GB, 52 % of the dense 3.65 GB; the DF
+    tensor 0.65 GB, 1.29 GB unpacked), 4.96 GB with dense AOs and an unpacked DF tensor.
+    `benchmarks/system_memory.py` prints these numbers for any molecule (results in
     `benchmarks/results/system_memory.json`).
     """
 
     overlap: Float[Array, "nao nao"]
     core_hamiltonian: Float[Array, "nao nao"]
     orthogonalizer: Float[Array, "nao nmo"]
-    cderi: Float[Array, "naux nao nao"]
+    cderi_packed: Float[Array, "naux npair"]
     ao_blocks: AOBlocks
     grid_coords: Float[Array, "ngrid 3"]
     grid_weights: Float[Array, " ngrid"]
@@ -474,7 +511,17 @@ class System(eqx.Module):
     @property
     def naux(self) -> int:
         """Number of (Cholesky-orthogonalised) auxiliary basis functions."""
-        return self.cderi.shape[-3]
+        return self.cderi_packed.shape[-2]
+
+    @property
+    def cderi(self) -> Float[Array, "naux nao nao"]:
+        """The density-fitting tensor B unpacked, `(naux, nao, nao)`, Hartree^½ (B_Qμν = B_Qνμ).
+
+        Built from `cderi_packed` on every access: naux · nao² floats (the adenine–thymine pair in
+        def2-SVP: 1.29 GB). Code that runs on large molecules contracts `cderi_packed` with
+        [`nlxc.system.pack_symmetric`][] (Coulomb) or unpacks blocks of auxiliary functions
+        (exchange) instead."""
+        return unpack_tril(self.cderi_packed, self.nao)
 
     def map_grid_blocks(self, fn: Callable):
         """Evaluate `fn(ao, indices)` block by block over the grid and assemble the results.
@@ -617,14 +664,10 @@ class System(eqx.Module):
         if auxbasis is None:
             with quiet_basis_lookup():  # make_auxbasis probes basis files and falls back to ETB
                 auxbasis = df.make_auxbasis(mol)
-        cderi_packed = df.incore.cholesky_eri(mol, auxbasis=auxbasis, aosym="s2ij", verbose=0)
-        naux = cderi_packed.shape[0]
-        cderi = jnp.zeros((naux, mol.nao, mol.nao))
-        aux_block = max(1, block_size * 4 // max(mol.nao, 1))
-        for start in range(0, naux, aux_block):
-            block = lib.unpack_tril(cderi_packed[start : start + aux_block])
-            cderi = _write_block(cderi, block, start, 0)
-        del cderi_packed
+        cderi_host = df.incore.cholesky_eri(mol, auxbasis=auxbasis, aosym="s2ij", verbose=0)
+        if cderi_host.ndim == 1:  # one auxiliary function
+            cderi_host = cderi_host[None]
+        cderi_packed = jnp.asarray(cderi_host)
 
         if grids is None:
             grids = dft.gen_grid.Grids(mol)
@@ -650,14 +693,16 @@ class System(eqx.Module):
 
         operators = None
         if grid_operators is not None:
-            operators = build_grid_operators(mol, coords, grid_operators, auxbasis=auxbasis, cderi=cderi,
+            operators = build_grid_operators(mol, coords, grid_operators, auxbasis=auxbasis,
+                                             cderi=lib.unpack_tril(cderi_host),
                                              block_size=block_size)
+        del cderi_host
 
         return cls(
             overlap=jnp.asarray(overlap),
             core_hamiltonian=jnp.asarray(hcore),
             orthogonalizer=jnp.asarray(orthogonalizer),
-            cderi=cderi,
+            cderi_packed=cderi_packed,
             ao_blocks=ao_blocks,
             grid_coords=jnp.asarray(coords),
             grid_weights=jnp.asarray(weights),
@@ -927,7 +972,8 @@ def pad_system(
         overlap=overlap,
         core_hamiltonian=pad(system.core_hamiltonian, ((0, dao), (0, dao))),
         orthogonalizer=pad(system.orthogonalizer, ((0, dao), (0, nmo - system.nmo))),
-        cderi=pad(system.cderi, ((0, daux), (0, dao), (0, dao))),
+        # the packed lower triangle of a larger matrix starts with that of the smaller one
+        cderi_packed=pad(system.cderi_packed, ((0, daux), (0, packed_size(new["nao"]) - packed_size(system.nao)))),
         grid_coords=pad(system.grid_coords, ((0, dgrid), (0, 0))),
         grid_weights=pad(system.grid_weights, ((0, dgrid),)),
         atom_charges=pad(system.atom_charges, ((0, datom),)),

@@ -9,9 +9,16 @@ import nlxc.data as data
 
 def test_default_set_counts_and_balance():
     s = data.default_set()
-    assert len(s.molecules) == 18 and len(s) == 12
+    assert len(s.molecules) == 36 and len(s) == 30
     assert {m.name for m in s.molecules} == set(data.DEFAULT_MOLECULES) | {"H", "Li", "C", "N", "O", "F"}
-    assert {m.name for m in s.molecules if m.spin} >= {"OH", "CH3", "H", "N"}
+    assert {m.name for m in s.molecules if m.spin} >= {"OH", "CH3", "H", "N", "NH2", "O2", "CH2_s3B1d"}
+    # every G2-1 molecule made of H, Li, C, N, O and F, once
+    from ase.data.g2_1 import data as g2_1
+    from ase.symbols import string2symbols
+
+    light = {n for n, e in g2_1.items()
+             if len(string2symbols(e["symbols"])) > 1 and set(string2symbols(e["symbols"])) <= {"H", "Li", "C", "N", "O", "F"}}
+    assert set(data.DEFAULT_MOLECULES) == light and len(data.DEFAULT_MOLECULES) == len(light)
     g2 = data.g2("g2_1")
     for r in s.reactions:
         assert r.reference == g2.reaction(r.name).reference

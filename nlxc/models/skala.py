@@ -278,8 +278,12 @@ class Skala(AbstractAtomNeighbourModel):
             y = jax.nn.silu(layer(y))
         y = self.output_layers[-1](y)[:, 0]
         enhancement = _OUTPUT_SCALE * jax.nn.sigmoid(y / _OUTPUT_SCALE)
-        rho_pos = jnp.maximum(rho, 0.0)
-        return enhancement * _LDA * jnp.sum(rho_pos ** (4.0 / 3.0), axis=0)
+        # ρσ^{4/3} with a double `where`: 0 where ρσ ≤ 0 (an empty spin channel, a padded grid
+        # point), with finite derivatives of every order there (the second derivative of ρ^{4/3}
+        # is infinite at 0, and the SCF adjoint differentiates the Fock matrix once more)
+        occupied = rho > 0.0
+        rho43 = jnp.where(occupied, jnp.where(occupied, rho, 1.0) ** (4.0 / 3.0), 0.0)
+        return enhancement * _LDA * jnp.sum(rho43, axis=0)
 
     def _messages(self, h, coords, weights, atom_coords, neighbours):
         natom = atom_coords.shape[0]

@@ -18,21 +18,26 @@ from ._base import AbstractSCFSolver, SCFProgress
 def diis_coefficients(residuals: Float[Array, "history n"], valid: Bool[Array, " history"]) -> Float[Array, " history"]:
     """Pulay's coefficients c = argmin ‖Σᵢ cᵢ rᵢ‖² subject to Σᵢ cᵢ = 1 over the valid rows.
 
-    The bordered normal equations are scaled by the largest ‖rᵢ‖² and carry a 1e-12 Tikhonov
-    term, which keeps them regular (and their derivative finite, which unrolled
-    differentiation needs) when the residuals become nearly collinear. Invalid rows get 0.
+    The normal equations Bᵢⱼ = rᵢ·rⱼ are solved in Jacobi-scaled form, cᵢ = dᵢ xᵢ with
+    dᵢ = 1/‖rᵢ‖ (relative to the largest dᵢ), [D B D + εI, d; dᵀ, 0] [x; μ] = [0; 1], with a
+    Tikhonov term ε = 1e-12 on the unit diagonal: it keeps them regular (and their derivative
+    finite, which unrolled differentiation needs) when the residuals become nearly collinear,
+    and, being relative to each residual's own norm, it does not bias the extrapolation once
+    the latest residuals are many orders of magnitude below the first ones (a term relative to
+    the largest ‖rᵢ‖² would dominate the newest rows there and stall the tail of the
+    convergence). Invalid rows get 0.
     """
     m = residuals.shape[0]
     b = residuals @ residuals.T
-    scale = jnp.max(jnp.where(valid, jnp.diag(b), 0.0))
-    scale = jnp.where(scale > 0, scale, 1.0)
-    b = jnp.where(valid[:, None] & valid[None, :], b / scale, jnp.eye(m))
-    border = valid.astype(b.dtype)
+    norms2 = jnp.where(valid, jnp.diag(b), 1.0)
+    inv = jnp.where(norms2 > 0, jax.lax.rsqrt(jnp.where(norms2 > 0, norms2, 1.0)), 1.0)
+    inv = jnp.where(valid, inv, 0.0)
+    d = inv / jnp.max(inv)  # in (0, 1] on the valid rows
+    scaled = jnp.where(valid[:, None] & valid[None, :], b * inv[:, None] * inv[None, :], jnp.eye(m))
     a = jnp.zeros((m + 1, m + 1), b.dtype)
-    a = a.at[:m, :m].set(b).at[m, :m].set(border).at[:m, m].set(border)
+    a = a.at[:m, :m].set(scaled + 1e-12 * jnp.eye(m)).at[m, :m].set(d).at[:m, m].set(d)
     rhs = jnp.zeros(m + 1, b.dtype).at[m].set(1.0)
-    a = a.at[:m, :m].add(1e-12 * jnp.eye(m))
-    coeffs = jnp.linalg.solve(a, rhs)[:m]
+    coeffs = d * jnp.linalg.solve(a, rhs)[:m]
     return jnp.where(valid, coeffs, 0.0)
 
 
@@ -55,17 +60,20 @@ class AbstractDIIS(AbstractSCFSolver):
         v* = Σᵢ cᵢ vᵢ,   c = argmin ‖Σᵢ cᵢ eᵢ‖²  subject to  Σᵢ cᵢ = 1
 
     (P. Pulay, Chem. Phys. Lett. 73, 393 (1980), doi:10.1016/0009-2614(80)80396-4), and lets
-    the subclass turn v* into the next iterate ([`iterate`][nlxc.scf.AbstractDIIS.iterate]). A
-    non-finite extrapolation falls back to vₙ. On the converging step (`norm(g(y) − y) < atol +
-    rtol·|g(y)|`) the next iterate is g(yₙ) itself: for the SCF an idempotent aufbau density
-    matrix, whose energy is variational (quadratic error). A non-finite residual stops the solve
-    with a failure result, so a NaN never escapes as a converged answer.
+    the subclass turn v* into the next iterate ([`iterate`][nlxc.scf.AbstractDIIS.iterate]). The
+    first `start` steps are plain steps (v* = vₙ) whose pairs are not kept: the history begins
+    with step `start` (PySCF's `diis_start_cycle`). A non-finite extrapolation falls back to vₙ.
+    On the converging step (`norm(g(y) − y) < atol + rtol·|g(y)|`) the next iterate is g(yₙ)
+    itself: for the SCF an idempotent aufbau density matrix, whose energy is variational
+    (quadratic error). A non-finite residual stops the solve with a failure result, so a NaN
+    never escapes as a converged answer.
 
-    Subclasses declare `history_size` (static) besides the fields of
+    Subclasses declare `history_size` and `start` (static) besides the fields of
     [`AbstractSCFSolver`][nlxc.scf.AbstractSCFSolver].
     """
 
     history_size: eqx.AbstractVar[int]
+    start: eqx.AbstractVar[int]
 
     @abc.abstractmethod
     def extrapoland(
@@ -89,11 +97,13 @@ class AbstractDIIS(AbstractSCFSolver):
     def step(self, fn, y, args, options, state: _DIISState, tags):
         g, aux = fn(y, args)
         value, error_vector = self.extrapoland(y, g, aux, args)
-        count = state.progress.count
-        slot = count % self.history_size
+        # this step's place in the history: steps before `start` are plain steps, whose pair sits
+        # alone in slot 0 (coefficient 1, so v* = vₙ) until the first kept pair overwrites it
+        index = jnp.maximum(state.progress.count - self.start, 0)
+        slot = index % self.history_size
         values = state.values.at[slot].set(value)
         errors = state.errors.at[slot].set(error_vector)
-        valid = jnp.arange(self.history_size) < jnp.minimum(count + 1, self.history_size)
+        valid = jnp.arange(self.history_size) < jnp.minimum(index + 1, self.history_size)
         coeffs = diis_coefficients(errors, valid)
         extrapolated = jnp.tensordot(coeffs, values, axes=1)
         extrapolated = jnp.where(jnp.all(jnp.isfinite(extrapolated)), extrapolated, value)
@@ -131,7 +141,8 @@ class DIIS(AbstractDIIS):
     [`nlxc.scf.solve`][]) it ignores `fn`'s auxiliary output and `args`.
 
     **Arguments:** `rtol`, `atol`, `norm` (default `optimistix.max_norm`), `history_size`
-    (default 8), `damping` in [0, 1) (default 0), `level_shift` ≥ 0 (default 0).
+    (default 8), `damping` in [0, 1) (default 0), `level_shift` ≥ 0 (default 0), `start` (the
+    plain steps before the history begins, default 0).
     """
 
     rtol: float = 0.0
@@ -141,6 +152,7 @@ class DIIS(AbstractDIIS):
     damping: float = 0.0
     level_shift: float = 0.0
     patience: int = eqx.field(static=True, default=12)
+    start: int = eqx.field(static=True, default=0)
 
     def extrapoland(self, y, g, aux, args):
         flat_y, _ = ravel_pytree(y)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..grid import Density
-from ..system import System
+from ..system import System, pack_symmetric
 from ..xc import AbstractFunctional
 
 
@@ -48,7 +48,9 @@ def energy_components(
     """The energy components of the α/β density matrices `(2, nao, nao)`, Hartree."""
     p_total = density_matrix[0] + density_matrix[1]
     one_electron = jnp.sum(p_total * system.core_hamiltonian)
-    fitted = jnp.einsum("Qmn,mn->Q", system.cderi, p_total)
+    # Σ_μν B_Qμν P_μν from the packed lower triangles of B (the Coulomb matrix, its gradient, is
+    # symmetric by construction)
+    fitted = system.cderi_packed @ pack_symmetric(p_total)
     coulomb = 0.5 * jnp.dot(fitted, fitted)
     density = Density.from_density_matrix(density_matrix, system)
     xc = functional(density, density_matrix, system)

@@ -10,7 +10,9 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.random as jr
+import lineax as lx
 import optax
+import optimistix as optx
 
 from .. import models
 from .._config import (
@@ -21,7 +23,8 @@ from .._config import (
 from .._errors import InputError
 from ..models import MLP, get_functional
 from ..xc import AbstractFunctional, PW92Correlation, SlaterExchange, Sum
-from ._common import CONSTRAINED_META_GGA
+from ._common import CONSTRAINED_META_GGA, NEURAL_LDA
+from ._models import NeuralLDA
 
 # --------------------------------------------------------------------------------------------
 # Model
@@ -41,6 +44,10 @@ def _constrained_meta_gga(*, width: int = 16, depth: int = 2, final_scale: float
     kx, kc = jr.split(key)
     return (SlaterExchange() * MLP(2, width=width, depth=depth, final_scale=final_scale, key=kx)
             + PW92Correlation.modified() * MLP(4, width=width, depth=depth, final_scale=final_scale, key=kc))
+
+
+def _neural_lda(*, width: int = 16, depth: int = 2, final_scale: float = 0.1, key):
+    return NeuralLDA(MLP(2, width=width, depth=depth, final_scale=final_scale, key=key))
 
 
 # Integer options that count layers may be 0 (no hidden layer); every other integer option of the
@@ -140,12 +147,14 @@ def build_functional(model: ModelConfig, seed: int = 0) -> tuple[AbstractFunctio
         classes = _correction_classes()
         if model.correction == CONSTRAINED_META_GGA:
             factory = _constrained_meta_gga
+        elif model.correction == NEURAL_LDA:
+            factory = _neural_lda
         elif model.correction in classes:
             factory = classes[model.correction]
         else:
             import difflib
 
-            known = sorted(classes) + [CONSTRAINED_META_GGA]
+            known = sorted(classes) + [CONSTRAINED_META_GGA, NEURAL_LDA]
             close = difflib.get_close_matches(model.correction, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(known)}"
             raise ConfigError(f"config [model] correction: unknown model {model.correction!r}; {hint}")
@@ -183,12 +192,21 @@ def build_functional(model: ModelConfig, seed: int = 0) -> tuple[AbstractFunctio
 
 
 @functools.lru_cache(maxsize=32)
-def build_optimizer(config: OptimizerConfig, steps: int) -> optax.GradientTransformation:
-    """The optax optimiser of an `[optimizer]` section for a run of `steps` steps.
+def build_optimizer(config: OptimizerConfig, steps: int) -> optax.GradientTransformation | optx.AbstractLeastSquaresSolver:
+    """The optax optimiser of an `[optimizer]` section for a run of `steps` steps, or, for
+    `levenberg-marquardt` / `gauss-newton`, the optimistix least-squares solver
+    (`optimistix.LevenbergMarquardt(rtol, atol)` / `optimistix.GaussNewton(rtol, atol)` with
+    lineax's SVD, the minimum-norm least-squares step).
 
     Cached: equal configurations give the *same* object, so compiled training steps are shared
     between runs (and between an interrupted run and its resumption) in one process.
     """
+    if config.name == "levenberg-marquardt":
+        return optx.LevenbergMarquardt(rtol=config.rtol, atol=config.atol)
+    if config.name == "gauss-newton":
+        # the undamped step solves J δ = r: the SVD's pseudo-inverse copes with the zero rows of
+        # molecules without a training weight and with more parameters than residuals
+        return optx.GaussNewton(rtol=config.rtol, atol=config.atol, linear_solver=lx.SVD())
     lr, n = config.learning_rate, max(steps, 1)
     if config.schedule == "constant":
         schedule = optax.constant_schedule(lr)

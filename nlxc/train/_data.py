@@ -17,10 +17,17 @@ from .._config import (
     DataConfig,
     TrainConfig,
 )
+from .._errors import InputError
 from ..batch import Batch, make_batches
 from ..data import ReferenceDataset, default_dataset, g2
+from ..models import get_functional
+from ..response import ExcitationTargets, occupied_virtual_slots
 from ..system import System
-from ..xc import AbstractFunctional, required_grid_operators
+from ..xc import (
+    AbstractFunctional,
+    AbstractSemilocalFunctional,
+    required_grid_operators,
+)
 from ._common import SPLITS
 
 # --------------------------------------------------------------------------------------------
@@ -36,6 +43,7 @@ class _StepData(eqx.Module):
     molecule_weights: list[jax.Array]  # per batch: (3, batch) weights of each split
     reactions: L.Reactions | None
     reaction_weights: jax.Array | None  # (3, n_reactions)
+    excitations: list[ExcitationTargets] | None = None  # per batch, for the excitation term
 
 
 @dataclasses.dataclass
@@ -107,12 +115,16 @@ def _prepare(config: TrainConfig, functional: AbstractFunctional) -> _Prepared:
     spec = required_grid_operators(functional)
     systems = [System.from_pyscf(molecules[n].to_mole(dataset.basis), grid_level=dataset.grid_level,
                                  grid_operators=spec if spec else None) for n in names]
-    batches = make_batches(systems, max_buckets=config.data.max_buckets)
+    batches = make_batches(systems, max_buckets=config.data.max_buckets, split_shells=config.data.split_shells,
+                           max_block_groups=config.data.max_block_groups)
     targets, weights = [], []
     for b in batches:
         t = L.Targets.from_dataset(b, dataset, names, target)
-        if (config.loss.density or config.loss.non_self_consistent) and t.density_matrix is None:
-            raise ConfigError(f"config [loss]: density and non_self_consistent terms need {target!r} density "
+        needs_density = [term for term in ("density", "non_self_consistent", "derivative") if getattr(config.loss, term)]
+        if config.loss.trajectory and config.loss.trajectory_density:
+            needs_density.append("trajectory (trajectory_density)")
+        if needs_density and t.density_matrix is None:
+            raise ConfigError(f"config [loss]: the {', '.join(needs_density)} term(s) need {target!r} density "
                               f"matrices, which {dataset.path} does not hold")
         rows = [names[int(i)] if m else None for i, m in zip(np.asarray(b.index), np.asarray(b.mask))]
         w = np.array([[1.0 if n is not None and (split_of[n] == s or (s == "train" and split_of[n] == "shared"))
@@ -154,6 +166,92 @@ def _prepare(config: TrainConfig, functional: AbstractFunctional) -> _Prepared:
                 c[r, names.index(m)] = coef
         reactions = L.Reactions(c, np.asarray(reference))
         reaction_weights = jnp.asarray(np.asarray(rweights).T)
-    data = _StepData(batches, targets, weights, reactions, reaction_weights)
+    if config.loss.derivative:
+        targets = _with_derivatives(config, batches, targets)
+    excitations = _excitation_targets(config, dataset, names, molecules, systems, batches) if config.loss.excitation \
+        else None
+    if "uniform_gas" in config.loss.penalties and not isinstance(functional, AbstractSemilocalFunctional):
+        raise ConfigError(f"config [loss] penalties: uniform_gas needs a semilocal functional, but the model is a "
+                          f"{type(functional).__name__}")
+    data = _StepData(batches, targets, weights, reactions, reaction_weights, excitations)
     return _Prepared(names, split_of, dataset, systems, data, reaction_names, species, np.asarray(reference),
                      target_energy)
+
+
+def _reference_functional(name: str, key: str) -> AbstractFunctional:
+    try:
+        return get_functional(name)
+    except InputError as err:
+        raise ConfigError(f"config [loss] {key}: {err}; name a functional nlxc has (e.g. 'b3lyp')") from None
+
+
+def _with_derivatives(config: TrainConfig, batches, targets):
+    """The targets plus the first- and second-derivative labels of the derivative term, from nlxc's
+    implementation of the reference functional at the dataset's density matrices."""
+    name = config.loss.derivative_reference or config.data.target
+    reference = _reference_functional(name, "derivative_reference" if config.loss.derivative_reference
+                                      else "derivative (the reference is [data] target)")
+    key = jax.random.key(config.run.seed)
+    out = []
+    for k, (b, t) in enumerate(zip(batches, targets)):
+        out.append(t.with_derivatives(reference, b, key=jax.random.fold_in(key, k),
+                                      n_directions=config.loss.derivative_directions))
+    return out
+
+
+def _pyscf_excitation_energies(molecule, basis: str, grid_level: int, method: str, density_matrix, n_states: int,
+                               tda: bool) -> np.ndarray:
+    """The `n_states` lowest TDDFT (or TDA) excitation energies (Hartree) of PySCF's density-fitted
+    KS of `method` (settings of `nlxc.data.compute_references`), started from `density_matrix`."""
+    from pyscf import df, dft
+
+    mol = molecule.to_mole(basis)
+    mf = dft.RKS(mol) if mol.spin == 0 else dft.UKS(mol)
+    mf = mf.density_fit(auxbasis=df.make_auxbasis(mol))
+    mf.xc = method
+    mf.grids.level = grid_level
+    mf.small_rho_cutoff = 0
+    mf.conv_tol = 1e-10
+    mf.max_cycle = 100
+    mf.verbose = 0
+    dm = np.asarray(density_matrix)
+    mf.kernel(dm0=dm[0] + dm[1] if mol.spin == 0 else dm)
+    if not mf.converged:
+        raise ConfigError(f"config [loss] excitation: PySCF's {method} SCF of {molecule.name!r} did not converge")
+    td = mf.TDA() if tda else mf.TDDFT()
+    td.nstates = n_states
+    td.verbose = 0
+    td.kernel()
+    if not np.all(td.converged):
+        raise ConfigError(f"config [loss] excitation: PySCF's TDDFT of {molecule.name!r} did not converge")
+    return np.sort(np.asarray(td.e, dtype=float))[:n_states]
+
+
+def _excitation_targets(config: TrainConfig, dataset, names, molecules, systems, batches) -> list[ExcitationTargets]:
+    """Per batch, the reference excitation energies of its molecules (PySCF TDDFT of
+    `excitation_reference` at the dataset's density) and the padded occupied-virtual shape."""
+    loss = config.loss
+    method = loss.excitation_reference or config.data.target
+    n = loss.excitation_states
+    for name, system in zip(names, systems):
+        nocc = np.asarray(system.n_electrons)
+        dim = int(nocc[0] * (system.nmo - nocc[0])) if system.restricted else int(
+            sum(o * (system.nmo - o) for o in nocc))
+        if n > dim:
+            raise ConfigError(f"config [loss] excitation_states: {n} excited states requested, but {name} has only "
+                              f"{dim} single excitations")
+    labels = {}
+    for name in names:
+        entry = dataset.entry(name, config.data.target)
+        if entry.density_matrix is None:
+            raise ConfigError(f"config [loss] excitation: no {config.data.target!r} density matrix for {name}")
+        labels[name] = _pyscf_excitation_energies(molecules[name], dataset.basis, dataset.grid_level, method,
+                                                  entry.density_matrix, n, loss.excitation_tda)
+    out = []
+    for b in batches:
+        index, mask = np.asarray(b.index), np.asarray(b.mask)
+        last = int(index[mask][-1])
+        rows = [int(i) if m else last for i, m in zip(index, mask)]
+        slots = occupied_virtual_slots([systems[i] for i in set(rows)])
+        out.append(ExcitationTargets(np.stack([labels[names[i]] for i in rows]), slots))
+    return out

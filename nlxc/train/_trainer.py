@@ -42,7 +42,12 @@ from ._checkpoint import (
 )
 from ._common import SPLITS, TrainingError, TrainingInterrupted
 from ._data import _prepare, _Prepared
-from ._report import _energies_by_name, _held_out_report, _split_stats, plot_learning_curve
+from ._report import (
+    _energies_by_name,
+    _held_out_report,
+    _split_stats,
+    plot_learning_curve,
+)
 from ._step import (
     _GRADIENT_NOT_FINITE,
     _LOSS_NOT_FINITE,
@@ -53,6 +58,7 @@ from ._step import (
     _initial_guesses,
     _run_step,
     _StepRaised,
+    init_optimizer_state,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -338,8 +344,11 @@ def _train(config: TrainConfig, out: str, resume: _Resume | None, owned: set[str
     steps = config.training.steps
     optimizer = build_optimizer(config.optimizer, steps)
     params, static = eqx.partition(functional, trainable)
-    state = jax.device_get(TrainState(params, optimizer.init(params), _initial_guesses(prepared.data), params,
-                                      **_counters(0, 0, math.inf, 0, 0, 0.0)))
+    loss_spec = LossSpec.from_config(config.loss)
+    max_scf = config.training.max_scf_steps
+    state = jax.device_get(TrainState(params, init_optimizer_state(optimizer, params, static, prepared.data, loss_spec,
+                                                                   max_scf),
+                                      _initial_guesses(prepared.data), params, **_counters(0, 0, math.inf, 0, 0, 0.0)))
     metrics_path = os.path.join(out, "metrics.jsonl")
     if resume is not None:
         state = _resume_state(out, resume, state)
@@ -354,7 +363,6 @@ def _train(config: TrainConfig, out: str, resume: _Resume | None, owned: set[str
                             "before them; change the config (e.g. [optimizer] learning_rate) and train in another "
                             "[run] output_dir")
 
-    loss_spec = LossSpec.from_config(config.loss)
     has_validation = any(v == "validation" for v in prepared.split_of.values())
     monitor = 1 if has_validation else 0
     t_start = time.perf_counter()
@@ -402,11 +410,13 @@ def _train(config: TrainConfig, out: str, resume: _Resume | None, owned: set[str
             best = {"best_params": state.best_params, "best_step": int(state.best_step),
                     "best_value": float(state.best_value), "since_best": int(state.since_best) + 1}
             if ok and value < best["best_value"]:
-                best.update(best_params=state.params, best_step=step, best_value=value, since_best=0)
+                best.update(best_params=o.evaluated, best_step=step, best_value=value, since_best=0)
             failures = 0 if ok else int(state.failures) + 1
             record = {"step": step, "ok": ok}
             if not ok:
                 record["reason"] = _failure_reason(code, prepared, c)
+            if config.optimizer.least_squares:
+                record["accepted"] = bool(o.accepted)
             record.update({
                 "loss": {s: float(v) for s, v in zip(SPLITS, totals)},
                 "terms": {t: [float(x) for x in np.asarray(v)] for t, v in o.terms.items()},
@@ -424,7 +434,8 @@ def _train(config: TrainConfig, out: str, resume: _Resume | None, owned: set[str
                 progress.set_postfix(loss=f"{totals[0]:.3g}", val=f"{totals[1]:.3g}", refresh=False)
             counters = {**{k: v for k, v in best.items() if k != "best_params"}, "failures": failures,
                         "wall_s": wall0 + time.perf_counter() - t_start}
-            if step >= steps or (config.training.patience and best["since_best"] >= config.training.patience):
+            if step >= steps or (config.training.patience and best["since_best"] >= config.training.patience) \
+                    or bool(o.done):
                 state = dataclasses.replace(state, best_params=best["best_params"],
                                             **_counters(step=step, **counters))
                 break
@@ -475,7 +486,8 @@ def _train(config: TrainConfig, out: str, resume: _Resume | None, owned: set[str
         if int(state.best_step) == steps_done:
             best_energies, best_converged = last_step[0], last_step[1]
         else:
-            fresh = jax.device_get(optimizer.init(best_params))
+            fresh = jax.device_get(init_optimizer_state(optimizer, best_params, static, prepared.data, loss_spec,
+                                                        max_scf))
             try:
                 o = _run_step(*args(dataclasses.replace(state, params=best_params, opt_state=fresh),
                                     guesses=last_step[2]))

@@ -10,6 +10,12 @@ JVPs, ∂E_x/∂P = K (built from the factor) and ∂K/∂P · dP = −Σ_Q B_Q 
 O(naux · nao³), needed only by second-derivative paths such as the SCF adjoint), so derivatives
 are exact and finite whatever the degeneracies of P's spectrum (the zero eigenvalue of an
 idempotent P is (nao − nσ)-fold degenerate) — the same derivatives as the quadratic form itself.
+
+The tensor B is either dense `(naux, nao, nao)` or packed `(naux, nao(nao+1)/2)` (the lower
+triangle of each symmetric B_Q, as `System.cderi_packed` stores it). A packed tensor is unpacked
+`EXCHANGE_AUX_BLOCK` auxiliary functions at a time inside a loop, so no full `(naux, nao, nao)`
+array (nor the `(nspin, naux, nao, nao)` intermediate of the linear map) is ever formed: the
+memory of K and of its tangents is O(EXCHANGE_AUX_BLOCK · nao² · nspin) beyond B itself.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Float
 
+from ..system import unpack_tril
 from ._base import AbstractFunctional
 from ._util import parameter
 from .gga import B88Exchange, LYPCorrelation, PBECorrelation, PBEExchange
@@ -27,6 +34,9 @@ from .lda import SlaterExchange, VWN5Correlation, VWNRPACorrelation
 
 EXCHANGE_CHUNK = 16
 """Columns of the density-matrix factor contracted with the 3-index tensor at once."""
+
+EXCHANGE_AUX_BLOCK = 128
+"""Auxiliary functions of a packed 3-index tensor unpacked at once (EXCHANGE_AUX_BLOCK · nao² floats)."""
 
 EXCHANGE_RANK_TOLERANCE = 1e-13
 """Eigenvalues of P with |λ| ≤ this × nao × max|λ| are numerical zeros and dropped from its factor."""
@@ -66,17 +76,72 @@ def _exchange_matrix_one(cderi, density_matrix):
     return jnp.where(finite, k, jnp.nan)
 
 
+def _is_packed(cderi) -> bool:
+    return cderi.ndim == 2
+
+
+def _aux_blocks(packed):
+    """(block size q, number of blocks) of a packed tensor `(naux, npair)`."""
+    naux = packed.shape[0]
+    q = min(EXCHANGE_AUX_BLOCK, naux)
+    return q, -(-naux // q)
+
+
+def _aux_block(packed, b, nao):
+    """Block `b` of a packed tensor unpacked, `(q, nao, nao)`, and a mask `(q,)` of its rows that
+    belong to no earlier block (the last block is shifted back to end at naux, so it overlaps
+    the one before; the mask keeps every auxiliary function counted once)."""
+    q, _ = _aux_blocks(packed)
+    start = jnp.minimum(b * q, packed.shape[0] - q)
+    rows = jax.lax.dynamic_slice_in_dim(packed, start, q, axis=0)
+    fresh = (start + jnp.arange(q)) >= b * q
+    return unpack_tril(rows, nao), fresh.astype(packed.dtype)
+
+
+def _exchange_matrix_one_packed(packed, density_matrix):
+    """`_exchange_matrix_one` for a packed tensor: blocks of auxiliary functions unpacked one at a
+    time (outer loop), the factor's columns in chunks (inner loop, trip count the rank)."""
+    vectors, values, nchunk, finite = _factor(density_matrix)
+    nao = density_matrix.shape[-1]
+    _, nblock = _aux_blocks(packed)
+
+    def block(b, k):
+        bq, fresh = _aux_block(packed, b, nao)
+
+        def chunk(i, k):
+            u = jax.lax.dynamic_slice_in_dim(vectors, i * EXCHANGE_CHUNK, EXCHANGE_CHUNK, axis=1)
+            w = jax.lax.dynamic_slice_in_dim(values, i * EXCHANGE_CHUNK, EXCHANGE_CHUNK)
+            bu = jnp.einsum("Qmn,ni->Qmi", bq, u)
+            return k - jnp.einsum("Qmi,Qni->mn", bu * w * fresh[:, None, None], bu)
+
+        return jax.lax.fori_loop(0, nchunk, chunk, k)
+
+    k = jax.lax.fori_loop(0, nblock, block, jnp.zeros_like(density_matrix))
+    return jnp.where(finite, k, jnp.nan)
+
+
 def _exchange_matrix_linear(cderi, density_matrix):
-    """K(X) = −Σ_Q B_Q X B_Q for any X `(nspin, nao, nao)`, dense, O(naux · nao³): the exact
-    linear map, used for tangents."""
-    t = jnp.einsum("Qmn,snl->sQml", cderi, density_matrix)
-    return -jnp.einsum("sQml,Qlk->smk", t, cderi)
+    """K(X) = −Σ_Q B_Q X B_Q for any X `(nspin, nao, nao)`, O(naux · nao³): the exact linear map,
+    used for tangents (a packed B by blocks of auxiliary functions)."""
+    if not _is_packed(cderi):
+        t = jnp.einsum("Qmn,snl->sQml", cderi, density_matrix)
+        return -jnp.einsum("sQml,Qlk->smk", t, cderi)
+    nao = density_matrix.shape[-1]
+    _, nblock = _aux_blocks(cderi)
+
+    def block(b, k):
+        bq, fresh = _aux_block(cderi, b, nao)
+        t = jnp.einsum("Qmn,snl->sQml", bq * fresh[:, None, None], density_matrix)
+        return k - jnp.einsum("sQml,Qlk->smk", t, bq)
+
+    return jax.lax.fori_loop(0, nblock, block, jnp.zeros_like(density_matrix))
 
 
 @jax.custom_jvp
 def _exchange_matrix(cderi, density_matrix):
     """K(Pσ) `(nspin, nao, nao)` of symmetric Pσ `(nspin, nao, nao)`, from the factors."""
-    return jax.vmap(_exchange_matrix_one, in_axes=(None, 0))(cderi, density_matrix)
+    one = _exchange_matrix_one_packed if _is_packed(cderi) else _exchange_matrix_one
+    return jax.vmap(one, in_axes=(None, 0))(cderi, density_matrix)
 
 
 def _exchange_matrix_jvp(primals, tangents):
@@ -96,7 +161,11 @@ _exchange_matrix.defjvp(_exchange_matrix_jvp, symbolic_zeros=True)
 
 
 def _exchange_matrix_linear_cderi(cderi, cderi_dot, density_matrix):
-    """−Σ_Q (dB_Q P B_Q + B_Q P dB_Q) `(nspin, nao, nao)`: K's tangent along a tangent of B."""
+    """−Σ_Q (dB_Q P B_Q + B_Q P dB_Q) `(nspin, nao, nao)`: K's tangent along a tangent of B
+    (a packed B and dB are unpacked whole: a path no SCF derivative takes)."""
+    if _is_packed(cderi):
+        nao = density_matrix.shape[-1]
+        cderi, cderi_dot = unpack_tril(cderi, nao), unpack_tril(cderi_dot, nao)
     t = jnp.einsum("Qmn,snl->sQml", cderi_dot, density_matrix)
     half = -jnp.einsum("sQml,Qlk->smk", t, cderi)
     return half + jnp.swapaxes(half, -1, -2)
@@ -127,12 +196,15 @@ _exchange_energy.defjvp(_exchange_energy_jvp, symbolic_zeros=True)
 
 
 def exact_exchange_energy(
-    cderi: Float[Array, "naux nao nao"], density_matrix: Float[Array, "2 nao nao"], restricted: bool = False
+    cderi: Float[Array, "naux nao nao"] | Float[Array, "naux npair"], density_matrix: Float[Array, "2 nao nao"],
+    restricted: bool = False,
 ) -> Float[Array, ""]:
     """Density-fitted Hartree–Fock exchange energy, Hartree.
 
-    E_x^HF = −½ Σσ Σ_Q tr(B_Q Pσ B_Q Pσ), with B the Cholesky-orthogonalised 3-index tensor
-    `(naux, nao, nao)` and Pσ the α/β density matrices `(2, nao, nao)` (symmetric). With
+    E_x^HF = −½ Σσ Σ_Q tr(B_Q Pσ B_Q Pσ), with B the Cholesky-orthogonalised 3-index tensor,
+    dense `(naux, nao, nao)` or packed `(naux, nao(nao+1)/2)` (`System.cderi_packed`: unpacked
+    `EXCHANGE_AUX_BLOCK` auxiliary functions at a time), and Pσ the α/β density matrices
+    `(2, nao, nao)` (symmetric). With
     `restricted=True` (Pα = Pβ) it is evaluated once on the mean of Pα and Pβ.
 
     Cost O(naux · nao² · rank Pσ) per spin (a factor of each Pσ, see the module docstring); its
@@ -156,7 +228,7 @@ class ExactExchange(AbstractFunctional):
     fraction: Float[Array, ""] = parameter(1.0)
 
     def __call__(self, density, density_matrix, system):
-        return self.fraction * exact_exchange_energy(system.cderi, density_matrix, system.restricted)
+        return self.fraction * exact_exchange_energy(system.cderi_packed, density_matrix, system.restricted)
 
 
 def HF() -> ExactExchange:
@@ -190,7 +262,7 @@ class B3LYP(AbstractFunctional):
             + self.ac * LYPCorrelation().energy_density_of(density, restricted)
         )
         semilocal = jnp.sum(system.grid_weights * e)
-        return semilocal + self.a0 * exact_exchange_energy(system.cderi, density_matrix, system.restricted)
+        return semilocal + self.a0 * exact_exchange_energy(system.cderi_packed, density_matrix, system.restricted)
 
 
 class PBE0(AbstractFunctional):
@@ -210,4 +282,4 @@ class PBE0(AbstractFunctional):
             density, restricted
         )
         semilocal = jnp.sum(system.grid_weights * e)
-        return semilocal + self.a0 * exact_exchange_energy(system.cderi, density_matrix, system.restricted)
+        return semilocal + self.a0 * exact_exchange_energy(system.cderi_packed, density_matrix, system.restricted)

@@ -69,6 +69,7 @@ def _xc(functional, s, dm):
     return functional(Density.from_density_matrix(dm, s), dm, s)
 
 
+@pytest.mark.slow  # moved from the default suite to keep it under 20 min cold (2026-12-07)
 def test_one_group_gives_the_same_density_energy_and_potential():
     systems = [system(n) for n in NAMES]
     (screened,) = make_batches(systems, max_buckets=1, split_shells=False)

@@ -156,6 +156,7 @@ def _check_resumed(out_a, result_a, out_b, final_b):
     assert _json(out_b / "final.json")["best_step"] == result_a.best_step
 
 
+@pytest.mark.slow  # moved from the default suite to keep it under 20 min cold (2026-12-07)
 def test_second_derivatives_are_finite_where_a_spin_density_vanishes():
     """The SCF adjoint differentiates the Fock matrix, i.e. E_xc twice: at ρσ = 0 (the β channel
     of an H atom, padded grid points of a batch) Skala's ρσ^{4/3} must not give ∞ · 0 = NaN."""

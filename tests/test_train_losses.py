@@ -66,6 +66,7 @@ def lm_run(dataset_path, tmp_path_factory):
     return out, train(_lm_config(dataset_path, out), evaluate=False)
 
 
+@pytest.mark.slow  # moved from the default suite to keep it under 20 min cold (2026-12-07)
 def test_levenberg_marquardt_trains(lm_run):
     out, result = lm_run
     metrics = _metrics(out)
@@ -84,6 +85,7 @@ def test_levenberg_marquardt_trains(lm_run):
     assert all(np.all(np.isfinite(a)) for a in _leaves(result.functional))
 
 
+@pytest.mark.slow  # moved from the default suite to keep it under 20 min cold (2026-12-07)
 def test_levenberg_marquardt_resumes_exactly(dataset_path, lm_run, tmp_path):
     out_a, result_a = lm_run
     config = _lm_config(dataset_path, tmp_path / "interrupted")
@@ -112,6 +114,7 @@ def _nan_label_dataset(dataset_path, path, molecule="LiH"):
     return str(path)
 
 
+@pytest.mark.slow  # moved from the default suite to keep it under 20 min cold (2026-12-07)
 def test_levenberg_marquardt_failed_steps_keep_the_parameters(dataset_path, tmp_path):
     data = _nan_label_dataset(dataset_path, tmp_path / "nan.h5")
     out = tmp_path / "failing"

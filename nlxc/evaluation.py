@@ -22,11 +22,19 @@ import numpy as np
 from . import data
 from ._errors import InputError
 from .batch import make_batches, solve_batch
-from .data import KCAL_PER_MOL, DatasetError, check_methods, compute_references
+from .data import (
+    KCAL_PER_MOL,
+    DatasetError,
+    ReferenceComputationError,
+    ReferenceDataset,
+    check_methods,
+    compute_references,
+)
 from .system import MAX_GRID_LEVEL, System, check_basis
 from .xc import required_grid_operators
 
-__all__ = ["BENCHMARK_SETS", "baseline_energies", "baseline_label", "check_request", "common_subset",
+__all__ = ["BENCHMARK_SETS", "baseline_energies", "baseline_label", "baseline_results", "check_request",
+           "common_subset",
            "error_statistics", "evaluate", "format_table", "plot_parity"]
 
 BENCHMARK_SETS = ("default", "g2", "g2_1", "g2_2", "w4-11")
@@ -121,12 +129,46 @@ def baseline_energies(molecules, methods: Sequence[str], basis: str, grid_level:
     os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
     dataset = compute_references(list(molecules), cache, methods=list(methods), basis=basis, grid_level=grid_level,
                                  processes=processes, progress=progress)
+    return _cached_energies(dataset, methods, cache)
+
+
+def _cached_energies(dataset: ReferenceDataset, methods: Sequence[str], cache: str) -> dict[str, dict[str, float]]:
     # Every cached energy is verified against its entry's SHA-256 (ReferenceDataset.energies):
     # a corrupt or edited cache is an error, never a silently different baseline.
     try:
         return {m: dataset.energies(m) for m in methods}
     except DatasetError as err:
         raise DatasetError(f"{' '.join(str(err).split())}; delete the cache file {cache} to recompute it") from None
+
+
+def baseline_results(molecules, methods: Sequence[str], basis: str, grid_level: int, cache: str, processes: int = 1,
+                     progress: bool = False) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
+    """[`baseline_energies`][nlxc.evaluation.baseline_energies] with a failed PySCF calculation
+    (an SCF that did not converge in its 100 cycles, or any other error of one calculation)
+    returned as a value instead of raised, so that a report can mark it and go on.
+
+    **Returns:** `(energies, failures)`: `energies[method][name]`, total energies (Hartree) of
+    the molecules whose calculation succeeded (in this call or an earlier one, from `cache`);
+    `failures[method][name]`, the one-line error of each calculation that failed (nothing is
+    stored for it, so a later call tries it again). Every method of `methods` is a key of both.
+
+    **Raises:** [`nlxc.data.DatasetError`][] for a corrupt cache (as `baseline_energies`), and
+    what [`nlxc.data.compute_references`][] raises before any calculation ([`nlxc.InputError`][]
+    for invalid arguments, `DatasetError` for a cache of another basis or grid level).
+    """
+    methods = list(methods)
+    failures: dict[str, dict[str, str]] = {m: {} for m in methods}
+    os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+    try:
+        dataset = compute_references(list(molecules), cache, methods=methods, basis=basis, grid_level=grid_level,
+                                     processes=processes, progress=progress)
+    except ReferenceComputationError as err:
+        # raised after every other entry was stored: the failures are the value
+        canonical = {m.strip().lower(): m for m in methods}
+        for name, method, message in err.failures:
+            failures.setdefault(canonical.get(method.strip().lower(), method), {})[name] = message
+        dataset = ReferenceDataset(cache)
+    return _cached_energies(dataset, methods, cache), failures
 
 
 def error_statistics(errors_kcal) -> dict:
@@ -140,11 +182,23 @@ def error_statistics(errors_kcal) -> dict:
 
 def format_table(rows: Sequence[tuple[str, dict]], title: str, columns=(("mae", "MAE"), ("rmse", "RMSE"),
                                                                            ("max", "max |err|"))) -> str:
-    """A plain-text table of error statistics (kcal/mol), one row per method."""
+    """A plain-text table of error statistics (kcal/mol), one row per method.
+
+    A statistic over no values (NaN) prints as `n/a`. When a row's statistics carry
+    `"excluded"` (the number of molecules or reactions left out, e.g. because an SCF did not
+    converge) and some row left any out, a last column `excluded` shows it.
+    """
     width = max([len(r[0]) for r in rows] + [24])
-    lines = [title, f"{'method':<{width}}" + "".join(f"{h:>12}" for _, h in columns) + f"{'n':>6}"]
+    excluded = any(s.get("excluded", 0) for _, s in rows)
+
+    def value(x):
+        return f"{'n/a':>12}" if math.isnan(x) else f"{x:>12.2f}"
+
+    lines = [title, f"{'method':<{width}}" + "".join(f"{h:>12}" for _, h in columns) + f"{'n':>6}"
+             + (f"{'excluded':>10}" if excluded else "")]
     for name, s in rows:
-        lines.append(f"{name:<{width}}" + "".join(f"{s[k]:>12.2f}" for k, _ in columns) + f"{s['n']:>6d}")
+        lines.append(f"{name:<{width}}" + "".join(value(s[k]) for k, _ in columns) + f"{s['n']:>6d}"
+                     + (f"{s.get('excluded', 0):>10d}" if excluded else ""))
     return "\n".join(lines)
 
 

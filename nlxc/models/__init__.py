@@ -11,9 +11,15 @@ from .attention import AtomAttention, GridAttention
 from .grid_atom import GridAtomMessagePassing
 from .graph import CoarseGraphNetwork, GridGraphNetwork
 from .operator import AuxiliaryNeuralOperator
-from .neighbours import AtomNeighbours, GridNeighbours, atom_neighbours, grid_neighbours
+from .neighbours import AtomNeighbours, GridNeighbours, atom_neighbours, grid_neighbours, periodic_atom_neighbours
 from ._mlp import MLP
-from .descriptors import AtomDensityProjection, lda_exchange_energy_density, local_inputs
+from ._neural_lda import NeuralLDA
+from .descriptors import (
+    AbstractPeriodicAtomNeighbourModel,
+    AtomDensityProjection,
+    lda_exchange_energy_density,
+    local_inputs,
+)
 from .skala import (
     SKALA_D3BJ_PARAMETERS,
     SKALA_WEIGHTS_SHA256,
@@ -32,6 +38,8 @@ from .cider import (
 
 __all__ = [
     "MLP",
+    "NeuralLDA",
+    "AbstractPeriodicAtomNeighbourModel",
     "AtomAttention",
     "AtomCentredCorrection",
     "AtomDensityProjection",
@@ -43,6 +51,7 @@ __all__ = [
     "GridNeighbours",
     "atom_neighbours",
     "grid_neighbours",
+    "periodic_atom_neighbours",
     "EquivariantCorrection",
     "GridAtomMessagePassing",
     "lda_exchange_energy_density",

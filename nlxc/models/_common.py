@@ -25,6 +25,7 @@ __all__ = [
     "element_embedding",
     "gaussian_basis",
     "pbe_exchange_enhancement",
+    "scan_image_slots",
     "scan_slots",
     "slot_basis",
 ]
@@ -58,15 +59,17 @@ def gaussian_basis(r: Float[Array, "*shape"], cutoff: float, n: int) -> Float[Ar
     return jnp.exp(-((r[..., None] - centres) ** 2) / (2 * width**2)) * fc[..., None]
 
 
-def slot_basis(coords, atom_coords, index, mask, widths, cutoff, lmax):
-    """R_n(|r_g − R_A|) `(ngrid, nrad)` and Y_lm(r̂_gA) `(ngrid, (lmax+1)²)` for one neighbour slot
-    (atom A = `index[g]` of each grid point g; zero where `mask` is false).
+def slot_basis(coords, atom_coords, index, mask, widths, cutoff, lmax, shift=None):
+    """R_n(|r_g − R_A − T|) `(ngrid, nrad)` and Y_lm(r̂_gA) `(ngrid, (lmax+1)²)` for one neighbour
+    slot (atom A = `index[g]` of each grid point g, displaced by the lattice translation
+    T = `shift[g]`, `(ngrid, 3)` Bohr, or T = 0 when `shift` is `None`; zero where `mask` is false).
 
     Gaussian radial functions exp(−r²/(2σ_n²)) times the cosine cutoff, and e3nn's real spherical
     harmonics (component normalisation) of the unit vectors from the atom to the grid point
     (a 1e-24 shift keeps r = 0 finite; Y_lm there is multiplied by R_n and the density).
     """
-    vectors = coords - atom_coords[index]  # (ngrid, 3)
+    positions = atom_coords[index] if shift is None else atom_coords[index] + shift
+    vectors = coords - positions  # (ngrid, 3)
     r2 = jnp.sum(vectors**2, axis=-1)
     r = jnp.sqrt(r2 + 1e-24)
     envelope = jnp.where(mask, cosine_cutoff(r, cutoff), 0.0)
@@ -87,21 +90,43 @@ def scan_slots(body, init, neighbours):
     return carry
 
 
-def atom_interaction(h, atom_coords, mask, radial_weights, cutoff, lmax, message, update):
-    """One equivariant message-passing step between atoms.
+def scan_image_slots(body, init, neighbours):
+    """Run `carry = body(carry, index_j, mask_j, shift_j)` over the neighbour slots j, with
+    `shift_j` `(ngrid, 3)` the lattice translation (Bohr) of each slot's atom image
+    (`neighbours.translations[neighbours.image[:, j]]`; zero for a molecule). A `lax.scan`, as
+    `scan_slots`."""
 
-    m_A = Σ_{B≠A} φ(r_AB) W(h_B ⊗ Y(r̂_AB)) with φ = Gaussian basis · `radial_weights` (cosine
-    cutoff), and returns h + W'(m); `message` = W and `update` = W' are e3nn linear layers;
-    pairs involving a masked (padded) atom carry no message.
+    def step(carry, xs):
+        index, mask, image = xs
+        return body(carry, index, mask, neighbours.translations[image]), None
+
+    carry, _ = jax.lax.scan(step, init, (neighbours.index.T, neighbours.mask.T, neighbours.image.T))
+    return carry
+
+
+def atom_interaction(h, atom_coords, mask, radial_weights, cutoff, lmax, message, update, translations=None):
+    """One equivariant message-passing step between atoms (and their periodic images).
+
+    m_A = Σ_B Σ_T φ(r_ABT) W(h_B ⊗ Y(r̂_ABT)), r_ABT = R_B + T − R_A, over the lattice
+    translations T = `translations` `(nimage, 3)` Bohr (`None`: T = 0 alone, a molecule) and all
+    (B, T) but (A, 0); φ = Gaussian basis · `radial_weights` (cosine cutoff), and returns
+    h + W'(m); `message` = W and `update` = W' are e3nn linear layers; pairs involving a masked
+    (padded) atom carry no message. Cost O(natom² · nimage) tensor products.
     """
-    vectors = atom_coords[None, :, :] - atom_coords[:, None, :]  # B − A
+    translations = jnp.zeros((1, 3), dtype=atom_coords.dtype) if translations is None else translations
+    natom, nimage = atom_coords.shape[0], translations.shape[0]
+    # the images (B, T) flattened to one axis j = B · nimage + T: R_B + T − R_A, (A, j, 3)
+    vectors = (atom_coords[None, :, None, :] + translations[None, None, :, :]
+               - atom_coords[:, None, None, :]).reshape(natom, natom * nimage, 3)
     r = jnp.sqrt(jnp.sum(vectors**2, axis=-1) + 1e-24)
-    natom = r.shape[0]
-    pair = mask[:, None] & mask[None, :] & ~jnp.eye(natom, dtype=bool)
+    is_zero = jnp.all(translations == 0.0, axis=-1)
+    pair = (mask[:, None, None] & mask[None, :, None]
+            & ~(jnp.eye(natom, dtype=bool)[:, :, None] & is_zero[None, None, :])).reshape(natom, natom * nimage)
     phi = jnp.where(pair, gaussian_basis(r, cutoff, radial_weights.shape[0]) @ radial_weights, 0.0)
     sh = e3nn.spherical_harmonics(e3nn.Irreps.spherical_harmonics(lmax), vectors / r[..., None],
                                   normalize=False, normalization="component")
-    hb = e3nn.IrrepsArray(h.irreps, jnp.broadcast_to(h.array[None], (natom,) + h.array.shape))
+    images = jnp.repeat(h.array, nimage, axis=0)  # h_B for every (B, T)
+    hb = e3nn.IrrepsArray(h.irreps, jnp.broadcast_to(images[None], (natom,) + images.shape))
     messages = jax.vmap(jax.vmap(message))(e3nn.tensor_product(hb, sh))
     m = e3nn.IrrepsArray(messages.irreps, jnp.einsum("ab,abi->ai", phi, messages.array))
     return h + jax.vmap(update)(m)

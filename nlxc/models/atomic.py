@@ -15,7 +15,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._common import atom_interaction, atom_mask_and_numbers, element_embedding
 from ._mlp import MLP
-from .descriptors import AbstractAtomNeighbourModel, AtomDensityProjection
+from .descriptors import AbstractPeriodicAtomNeighbourModel, AtomDensityProjection
 from .neighbours import AtomNeighbours
 
 __all__ = ["AtomCentredCorrection", "EquivariantCorrection"]
@@ -25,7 +25,7 @@ def _total_density(density):
     return density.rho[0] + density.rho[1]
 
 
-class AtomCentredCorrection(AbstractAtomNeighbourModel):
+class AtomCentredCorrection(AbstractPeriodicAtomNeighbourModel):
     """E = Σ_A ε_θ(p_A, e_{Z_A}) (Hartree): an energy correction from atom-centred density descriptors.
 
     p_A is the rotation-invariant power spectrum of the density projected on atom A
@@ -39,6 +39,11 @@ class AtomCentredCorrection(AbstractAtomNeighbourModel):
     farther apart than the projection cutoff (6 Bohr by default) plus their density's extent.
     Padded atoms (charge 0) contribute nothing. Cost O(ngrid · k) per evaluation, k the number
     of atoms within the cutoff of a grid point (at most `max_atoms`, default 24; more raises).
+
+    In a crystal ([`nlxc.pbc.solve`][], prepared by
+    [`prepare_periodic`][nlxc.models.AbstractPeriodicAtomNeighbourModel.prepare_periodic]) p_A
+    projects the periodic density on the cell's grid onto every image R_A + T, and E is the
+    energy per cell, Σ over the atoms of the cell; k then counts atom images.
     """
 
     projection: AtomDensityProjection
@@ -73,7 +78,7 @@ class AtomCentredCorrection(AbstractAtomNeighbourModel):
         return jnp.sum(self.atomic_energies(density, density_matrix, system))
 
 
-class EquivariantCorrection(AbstractAtomNeighbourModel):
+class EquivariantCorrection(AbstractPeriodicAtomNeighbourModel):
     """An equivariant atom-centred density-descriptor network (e3nn-jax) giving an energy correction.
 
     Each atom starts from its density projection c_A (irreps n_radial × (0e + 1o + … + lmax)),
@@ -91,6 +96,11 @@ class EquivariantCorrection(AbstractAtomNeighbourModel):
     leave E unchanged; size-consistent for fragments farther apart than `cutoff` and the
     projection's cutoff. Cost O(ngrid · k) for the projection (k atoms within the cutoff of a
     grid point, at most `max_atoms`) plus O(natom²) messages.
+
+    In a crystal (prepared by
+    [`prepare_periodic`][nlxc.models.AbstractPeriodicAtomNeighbourModel.prepare_periodic]) the
+    projections run over the atom images and the messages over B and its images R_B + T within
+    `cutoff` (the neighbour list's translations): O(natom² · nimage) messages; E is per cell.
     """
 
     projection: AtomDensityProjection
@@ -128,14 +138,15 @@ class EquivariantCorrection(AbstractAtomNeighbourModel):
     def atomic_energies(self, density, density_matrix, system) -> Float[Array, " natom"]:
         """ε_A per atom (Hartree), zero for padded atoms."""
         mask, z = atom_mask_and_numbers(system)
+        neighbours = self.atom_neighbours(system)
         c = self.projection.coefficients(_total_density(density), system.grid_weights, system.grid_coords,
-                                         system.atom_coords, self.atom_neighbours(system))
+                                         system.atom_coords, neighbours)
         # compress the scale of the coefficients (core densities are large) without breaking
         # equivariance: divide each atom's (n, l) block by (1 + its norm)
         c = e3nn.IrrepsArray(c.irreps, c.array) / (1.0 + e3nn.norm(c, per_irrep=True).array.mean(-1, keepdims=True))
         h = jax.vmap(self.mix)(c)  # (natom, hidden)
         h = atom_interaction(h, system.atom_coords, mask, self.radial_weights, self.cutoff,
-                             self.projection.lmax, self.message, self.update)
+                             self.projection.lmax, self.message, self.update, neighbours.translations)
         scalars = h.filter(keep=["0e"]).array
         x = jnp.concatenate([scalars, self.embedding[z]], axis=1)
         return jnp.where(mask, self.readout(x.T), 0.0)
@@ -143,6 +154,10 @@ class EquivariantCorrection(AbstractAtomNeighbourModel):
     @property
     def neighbour_cutoff(self) -> float:
         return self.projection.cutoff
+
+    @property
+    def pair_cutoff(self) -> float:
+        return self.cutoff
 
     def __call__(self, density, density_matrix, system):
         return jnp.sum(self.atomic_energies(density, density_matrix, system))

@@ -21,10 +21,16 @@ from equinox import AbstractVar
 from jaxtyping import Array, Float
 
 from ..xc import AbstractFunctional, LocalFeatures, squash_alpha, squash_s
-from ._common import scan_slots, slot_basis
-from .neighbours import AtomNeighbours, atom_neighbours
+from ._common import scan_image_slots, slot_basis
+from .neighbours import AtomNeighbours, atom_neighbours, periodic_atom_neighbours
 
-__all__ = ["AtomDensityProjection", "local_inputs", "lda_exchange_energy_density", "N_LOCAL_INPUTS"]
+__all__ = [
+    "N_LOCAL_INPUTS",
+    "AbstractPeriodicAtomNeighbourModel",
+    "AtomDensityProjection",
+    "lda_exchange_energy_density",
+    "local_inputs",
+]
 
 N_LOCAL_INPUTS = 4
 _CX = 0.75 * (3.0 / math.pi) ** (1.0 / 3.0)
@@ -79,6 +85,47 @@ class AbstractAtomNeighbourModel(AbstractFunctional):
         return eqx.tree_at(lambda m: m.neighbours, self, nb, is_leaf=lambda x: x is None)
 
 
+class AbstractPeriodicAtomNeighbourModel(AbstractAtomNeighbourModel):
+    """An atom-neighbour model that also works in a crystal, with the periodic images of the atoms.
+
+    Its subclasses read every atom position through the neighbour list (`r_g − (R_A + T)` with
+    the list's lattice translations T, and T = 0 for a molecule), so the same code evaluates a
+    molecule (prepared with [`prepare`][nlxc.xc.AbstractFunctional.prepare]) and a periodic cell
+    (prepared with [`prepare_periodic`][nlxc.models.AbstractPeriodicAtomNeighbourModel.prepare_periodic]);
+    [`nlxc.pbc.solve`][] accepts exactly these models (and sums with semilocal functionals).
+    Subclasses: [`AtomCentredCorrection`][nlxc.models.AtomCentredCorrection],
+    [`EquivariantCorrection`][nlxc.models.EquivariantCorrection].
+    """
+
+    @property
+    def pair_cutoff(self) -> float:
+        """Radius (Bohr) of the atom–atom interactions (0 for none): in a crystal the neighbour
+        list also holds every lattice translation that brings an atom image this close to an atom."""
+        return 0.0
+
+    def prepare_periodic(
+        self,
+        grid_coords: Float[Array, "ngrid 3"],
+        grid_weights: Float[Array, " ngrid"],
+        atom_coords: Float[Array, "natom 3"],
+        atom_charges: Float[Array, " natom"],
+        lattice_vectors: Float[Array, "3 3"],
+    ) -> "AbstractPeriodicAtomNeighbourModel":
+        """This model specialised to a periodic cell: its neighbour list runs over the atom images
+        R_A + T ([`periodic_atom_neighbours`][nlxc.models.periodic_atom_neighbours]).
+
+        Grid (`(ngrid, 3)` Bohr, weights Bohr³) and atoms (`(natom, 3)` Bohr, charges) of one
+        cell, and its `lattice_vectors` (rows a₁, a₂, a₃, Bohr). Outside `jit` (numpy); the
+        trainable parameters are those of `self`. A model prepared so evaluates, with the cell's
+        density on the cell's grid, the energy per cell Σ_{A in the cell} ε_A.
+
+        **Raises:** [`nlxc.InputError`][] as [`periodic_atom_neighbours`][nlxc.models.periodic_atom_neighbours].
+        """
+        nb = periodic_atom_neighbours(grid_coords, grid_weights, atom_coords, atom_charges, lattice_vectors,
+                                      self.neighbour_cutoff, self.max_atoms, pair_cutoff=self.pair_cutoff)
+        return eqx.tree_at(lambda m: m.neighbours, self, nb, is_leaf=lambda x: x is None)
+
+
 class AtomDensityProjection(eqx.Module):
     """c_{A,nlm} = Σ_g w_g n(r_g) R_n(|r_g − R_A|) Y_lm(r̂_gA): the density projected on atom A.
 
@@ -110,15 +157,19 @@ class AtomDensityProjection(eqx.Module):
         """c_{A,nlm} as an `IrrepsArray` of shape `(natom, n_radial · (lmax+1)²)`, irreps `self.irreps`.
 
         `neighbours` lists the atoms within (at least) `self.cutoff` of every grid point
-        ([`atom_neighbours`][nlxc.models.atom_neighbours]); only those pairs are evaluated.
+        ([`atom_neighbours`][nlxc.models.atom_neighbours]), or, in a crystal, the atom images
+        R_A + T ([`periodic_atom_neighbours`][nlxc.models.periodic_atom_neighbours]); only those
+        pairs are evaluated. In a crystal the sum runs over the cell's grid and every image of A,
+        c_{A,nlm} = Σ_g Σ_T w_g n(r_g) R_n(|r_g − R_A − T|) Y_lm, which for a periodic density is
+        the projection of the whole crystal's density on A.
         """
         natom, wn = atom_coords.shape[0], weights * n
 
-        def pool(c, index, mask):
-            radial, sh = slot_basis(coords, atom_coords, index, mask, self.widths, self.cutoff, self.lmax)
+        def pool(c, index, mask, shift):
+            radial, sh = slot_basis(coords, atom_coords, index, mask, self.widths, self.cutoff, self.lmax, shift)
             return c + jax.ops.segment_sum(jnp.einsum("g,gn,gm->gnm", wn, radial, sh), index, num_segments=natom)
 
-        c = scan_slots(pool, jnp.zeros((natom, len(self.widths), (self.lmax + 1) ** 2)), neighbours)
+        c = scan_image_slots(pool, jnp.zeros((natom, len(self.widths), (self.lmax + 1) ** 2)), neighbours)
         blocks = [c[:, :, l * l:(l + 1) ** 2].reshape(c.shape[0], -1) for l in range(self.lmax + 1)]
         return e3nn.IrrepsArray(self.irreps, jnp.concatenate(blocks, axis=-1))
 

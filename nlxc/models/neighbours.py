@@ -10,6 +10,11 @@ way and breaks rotation invariance).
 
 Index arrays are integers with a validity mask; padded grid points (weight 0) and padded atoms
 (charge 0) are never anyone's neighbours and have no neighbours.
+
+In a crystal a grid point of the cell couples to every periodic image R_A + T of an atom (T a
+lattice translation) within the cutoff: [`periodic_atom_neighbours`][nlxc.models.periodic_atom_neighbours]
+lists, per neighbour slot, the atom and the translation, so a model computes r_g − (R_A + T)
+the same way for molecules (where every T is 0) and crystals.
 """
 
 from __future__ import annotations
@@ -20,21 +25,34 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-__all__ = ["AtomNeighbours", "GridNeighbours", "atom_neighbours", "grid_neighbours"]
+from .._errors import InputError
+
+__all__ = ["AtomNeighbours", "GridNeighbours", "atom_neighbours", "grid_neighbours", "periodic_atom_neighbours"]
 
 
 class AtomNeighbours(eqx.Module):
-    """For every grid point, the atoms within a cutoff (all of them, in order of distance).
+    """For every grid point, the atoms (or atom images) within a cutoff, all of them, by distance.
 
     - `index`: `(ngrid, k)` atom indices; invalid slots hold 0.
     - `mask`: `(ngrid, k)`, `True` for an atom within the cutoff.
     - `overflow`: scalar bool, `True` if some grid point had more than `k` atoms within the
       cutoff (then the list is incomplete; [`atom_neighbours`][nlxc.models.atom_neighbours] raises).
+    - `image`: `(ngrid, k)` int, the row of `translations` of each slot's atom image: the
+      neighbour of grid point g in slot j sits at `atom_coords[index[g, j]] + translations[image[g, j]]`.
+      All 0 for a molecule.
+    - `translations`: `(nimage, 3)` Bohr, lattice translations T; row 0 is T = 0. A molecule has
+      the single row 0; a crystal ([`periodic_atom_neighbours`][nlxc.models.periodic_atom_neighbours])
+      every T with an atom image within the cutoff of a grid point, or within the atom–atom
+      `pair_cutoff` of an atom of the cell.
+    - `periodic` (static): `True` for a list built over lattice translations.
     """
 
     index: Int[Array, "ngrid k"]
     mask: Bool[Array, "ngrid k"]
     overflow: Bool[Array, ""]
+    image: Int[Array, "ngrid k"]
+    translations: Float[Array, "nimage 3"]
+    periodic: bool = eqx.field(static=True, default=False)
 
 
 class GridNeighbours(eqx.Module):
@@ -112,7 +130,104 @@ def atom_neighbours(
         shapes, *args, vmap_method="sequential")
     index = eqx.error_if(index, overflow, f"more than max_atoms={k} atoms within {cutoff} Bohr of a grid "
                          "point; raise max_atoms")
-    return AtomNeighbours(index, mask, overflow)
+    return AtomNeighbours(index, mask, overflow, jnp.zeros_like(index), jnp.zeros((1, 3), dtype=atom_coords.dtype))
+
+
+def _translation_range(frac_grid, frac_atoms, reach):
+    """Integer lattice coefficients n_i that can bring an atom within `reach` (in units of the
+    spacing of lattice planes i) of a grid point: n_i ∈ [⌊min f_g − max f_A − reach⌋, ⌈max f_g − min f_A + reach⌉]."""
+    lo = np.floor(frac_grid.min(axis=0) - frac_atoms.max(axis=0) - reach).astype(int)
+    hi = np.ceil(frac_grid.max(axis=0) - frac_atoms.min(axis=0) + reach).astype(int)
+    return lo, hi
+
+
+def periodic_atom_neighbours(
+    grid_coords: Float[Array, "ngrid 3"],
+    grid_weights: Float[Array, " ngrid"],
+    atom_coords: Float[Array, "natom 3"],
+    atom_charges: Float[Array, " natom"],
+    lattice_vectors: Float[Array, "3 3"],
+    cutoff: float,
+    max_atoms: int = 32,
+    *,
+    pair_cutoff: float = 0.0,
+) -> AtomNeighbours:
+    """The atom images R_A + T within `cutoff` (Bohr) of every grid point of a periodic cell.
+
+    T = n₁a₁ + n₂a₂ + n₃a₃ runs over the lattice translations (rows of `lattice_vectors`, Bohr);
+    grid points and atoms may lie anywhere (they need not be wrapped into the cell). Every
+    image within the cutoff is listed (no minimum-image truncation, so cutoffs longer than half
+    the cell are exact). The result is an [`AtomNeighbours`][nlxc.models.AtomNeighbours] with
+    `periodic=True`, `k` = the largest number of images within the cutoff of a grid point
+    (at least 1), and `translations` the T that occur, plus every T with
+    |R_B + T − R_A| < `pair_cutoff` for two atoms A, B of the cell (the atom–atom messages of
+    [`EquivariantCorrection`][nlxc.models.EquivariantCorrection]); row 0 is T = 0.
+
+    The search is scipy's k-d tree over the images of the atoms in the box of translations that
+    can reach the grid (n_i bounded by the grid's and atoms' fractional coordinates ± cutoff
+    over the spacing of lattice planes i). Built with numpy **outside `jit`**: the inputs must
+    be concrete arrays, and the shapes `k` and `nimage` depend on them. Cost O(nimage · natom
+    · log + ngrid · k log) time, `ngrid · k` integers of memory. Padded grid points (weight 0)
+    and atoms (charge 0) take no part.
+
+    **Raises:** [`nlxc.InputError`][] for traced inputs (call it outside `jit`), a singular
+    lattice, or a grid point with more than `max_atoms` atom images within the cutoff (raise
+    `max_atoms`; the model's cost grows linearly with it).
+    """
+    try:
+        g, w, a, q, lattice = (np.asarray(x, dtype=float) for x in
+                               (grid_coords, grid_weights, atom_coords, atom_charges, lattice_vectors))
+    except jax.errors.TracerArrayConversionError as error:
+        raise InputError("periodic_atom_neighbours needs concrete arrays: build the neighbour list outside "
+                         "jax.jit (e.g. nlxc.pbc.prepare_functional before a jitted function)") from error
+    if lattice.shape != (3, 3) or abs(np.linalg.det(lattice)) < 1e-12:
+        raise InputError(f"lattice_vectors must be a non-singular (3, 3) array (rows a1, a2, a3), got {lattice!r}")
+    ngrid = g.shape[0]
+    atoms = np.flatnonzero(q > 0.5)
+    points = np.flatnonzero(w != 0)
+    reciprocal = np.linalg.inv(lattice)  # columns b_i with a_j · b_i = δ_ij (fractional coordinates)
+    spacing = 1.0 / np.linalg.norm(reciprocal, axis=0)  # distance between lattice planes i, Bohr
+    if len(atoms) == 0 or len(points) == 0:
+        empty = np.zeros((ngrid, 1), dtype=np.int32)
+        return AtomNeighbours(jnp.asarray(empty), jnp.zeros((ngrid, 1), dtype=bool), jnp.asarray(False),
+                              jnp.asarray(empty), jnp.zeros((1, 3)), periodic=True)
+    frac_grid, frac_atoms = g[points] @ reciprocal, a[atoms] @ reciprocal
+    lo, hi = _translation_range(frac_grid, frac_atoms, cutoff / spacing)
+    if pair_cutoff > 0.0:
+        pair_lo, pair_hi = _translation_range(frac_atoms, frac_atoms, pair_cutoff / spacing)
+        lo, hi = np.minimum(lo, pair_lo), np.maximum(hi, pair_hi)
+    lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
+    n = np.stack(np.meshgrid(*(np.arange(l, h + 1) for l, h in zip(lo, hi)), indexing="ij"), -1).reshape(-1, 3)
+    n = n[np.argsort(np.abs(n).sum(axis=1), kind="stable")]  # n = 0 first
+    candidates = n @ lattice  # (ncand, 3) Bohr
+    images = (candidates[:, None, :] + a[atoms][None, :, :]).reshape(-1, 3)  # (ncand · natom_real, 3)
+    tree = _kd_tree(images)
+    kq = min(int(max_atoms) + 1, len(images))
+    dist, idx = tree.query(g[points], k=kq, distance_upper_bound=cutoff)
+    dist, idx = dist.reshape(len(points), kq), idx.reshape(len(points), kq)
+    found = np.isfinite(dist)
+    counts = found.sum(axis=1)
+    if counts.max() > max_atoms:
+        raise InputError(f"more than max_atoms={max_atoms} atom images within {cutoff} Bohr of a grid point "
+                         "of the cell; raise max_atoms")
+    k = max(1, int(counts.max()))
+    found, idx = found[:, :k], np.where(found[:, :k], idx[:, :k], 0)
+    candidate, atom = np.divmod(idx, len(atoms))
+    used = np.zeros(len(candidates), dtype=bool)
+    used[0] = True
+    used[candidate[found]] = True
+    for position in a[atoms] if pair_cutoff > 0.0 else ():  # T with an image R_B + T near an atom A
+        d = np.linalg.norm(images.reshape(len(candidates), len(atoms), 3) - position, axis=-1)
+        used |= np.any(d < pair_cutoff, axis=1)
+    row = np.cumsum(used) - 1  # candidate → row of the kept translations (row 0: T = 0)
+    index = np.zeros((ngrid, k), dtype=np.int32)
+    mask = np.zeros((ngrid, k), dtype=bool)
+    image = np.zeros((ngrid, k), dtype=np.int32)
+    index[points] = np.where(found, atoms[atom], 0)
+    mask[points] = found
+    image[points] = np.where(found, row[candidate], 0)
+    return AtomNeighbours(jnp.asarray(index), jnp.asarray(mask), jnp.asarray(False), jnp.asarray(image),
+                          jnp.asarray(candidates[used]), periodic=True)
 
 
 def _grid_query(coords, weights, k, cutoff):

@@ -11,6 +11,10 @@ k-point SCF and its gradients are JAX. The public names, from the private module
   ([`periodic_scf_map`][nlxc.pbc.periodic_scf_map], [`PeriodicSCFArguments`][nlxc.pbc.PeriodicSCFArguments],
   [`PeriodicSCFAux`][nlxc.pbc.PeriodicSCFAux]).
 - `_energy`: the energy per cell and its Fock matrices, the density features on the cell's grid.
+- `_fit`: least-squares fits of a functional's parameters through the periodic SCF
+  ([`fit_parameters`][nlxc.pbc.fit_parameters], [`FitTarget`][nlxc.pbc.FitTarget],
+  [`pressure_target`][nlxc.pbc.pressure_target], [`PeriodicFit`][nlxc.pbc.PeriodicFit],
+  [`stack_systems`][nlxc.pbc.stack_systems]).
 - `_occupations`: Bloch orbitals, occupations shared over k-points, density matrices.
 
 Smearing is [`nlxc.scf.FermiDirac`][], the default adjoint [`nlxc.scf.ImplicitAdjoint`][].
@@ -21,6 +25,7 @@ from ._energy import (
     density_features,
     energy_and_fock,
     energy_components,
+    prepare_functional,
 )
 from ._eos import (
     DEFAULT_SCALES,
@@ -33,6 +38,7 @@ from ._eos import (
     reference_lattice_constant,
     scaled_structures,
 )
+from ._fit import FitTarget, PeriodicFit, fit_parameters, pressure_target, stack_systems
 from ._occupations import density_from_fock, entropy, occupations_and_level, orbitals
 from ._solve import (
     KCDIIS,
@@ -52,7 +58,9 @@ __all__ = [
     "EOS_NAMES",
     "KCDIIS",
     "EOSFit",
+    "FitTarget",
     "PeriodicEnergy",
+    "PeriodicFit",
     "PeriodicSCFArguments",
     "PeriodicSCFAux",
     "PeriodicSCFResult",
@@ -71,11 +79,15 @@ __all__ = [
     "entropy",
     "eos_scan",
     "fit_eos",
+    "fit_parameters",
     "occupations_and_level",
     "orbitals",
     "periodic_scf_map",
+    "prepare_functional",
+    "pressure_target",
     "read_structure",
     "reference_lattice_constant",
     "scaled_structures",
     "solve",
+    "stack_systems",
 ]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Complex, Float
 
 from .._errors import InputError
 from ..grid import Density
+from ..models import AbstractPeriodicAtomNeighbourModel
 from ..scf import EnergyComponents
 from ..xc import AbstractFunctional, AbstractSemilocalFunctional, Scaled, Sum
 from ._system import PeriodicSystem
@@ -57,8 +59,10 @@ def density_features(density_matrix: Complex[Array, "2 nk nao nao"], system: Per
 def check_functional(functional: AbstractFunctional) -> None:
     """Raise [`nlxc.InputError`][] unless `functional` can be evaluated in a crystal: a semilocal
     functional ([`nlxc.xc.AbstractSemilocalFunctional`][]: the baselines, `SemilocalSum`, the
-    constraint layers with local networks) or a `Sum`/`Scaled` of such."""
-    if isinstance(functional, AbstractSemilocalFunctional):
+    constraint layers with local networks), an atom-centred model with periodic images
+    ([`nlxc.models.AbstractPeriodicAtomNeighbourModel`][]: `AtomCentredCorrection`,
+    `EquivariantCorrection`), or a `Sum`/`Scaled` of such."""
+    if isinstance(functional, (AbstractSemilocalFunctional, AbstractPeriodicAtomNeighbourModel)):
         return
     if isinstance(functional, Sum):
         for term in functional.terms:
@@ -76,21 +80,79 @@ def check_functional(functional: AbstractFunctional) -> None:
         raise InputError(f"solve needs an nlxc.xc.AbstractFunctional, got {type(functional).__name__}")
     raise InputError(f"{type(functional).__name__} is not available for periodic systems yet: nlxc.pbc "
                      "evaluates semilocal functionals (LDA, GGA, meta-GGA, constraint layers with local "
-                     "networks, and their sums); hybrids and nonlocal models need a molecular System")
+                     "networks), the atom-centred models AtomCentredCorrection and EquivariantCorrection, "
+                     "and their sums; hybrids and the other nonlocal models (graph, attention, operator, "
+                     "CIDER, Skala) need a molecular System")
 
 
-def xc_energy(functional: AbstractFunctional, density: Density, system: PeriodicSystem) -> Float[Array, ""]:
+def _is_concrete(system: PeriodicSystem) -> bool:
+    try:
+        np.asarray(system.grid_coords)
+        np.asarray(system.lattice_vectors)
+    except jax.errors.TracerArrayConversionError:
+        return False
+    return True
+
+
+def prepare_functional(functional: AbstractFunctional, system: PeriodicSystem) -> AbstractFunctional:
+    """`functional` specialised to the cell: every atom-centred model in it
+    ([`nlxc.models.AbstractPeriodicAtomNeighbourModel`][], also inside `Sum`/`Scaled`) gets the
+    neighbour list of the cell's grid points and the periodic images R_A + T of its atoms
+    ([`nlxc.models.periodic_atom_neighbours`][], over `system.lattice_vectors`); semilocal
+    functionals are returned as they are. [`nlxc.pbc.solve`][] calls it before iterating;
+    call it yourself before `nlxc.pbc.energy_components` or `nlxc.pbc.energy_and_fock`.
+
+    The list is built with numpy from the system's concrete arrays (outside `jit`; under a
+    trace of the system a model already prepared for a crystal is kept as it is). The trainable
+    parameters are those of `functional`.
+
+    **Raises:** [`nlxc.InputError`][] for a functional `nlxc.pbc.check_functional` rejects
+    (hybrids, other nonlocal models), a traced system with a model not prepared for a crystal,
+    or more than the model's `max_atoms` atom images within its cutoff of a grid point.
+    """
+    check_functional(functional)
+    if isinstance(functional, Sum):
+        return Sum(tuple(prepare_functional(t, system) for t in functional.terms))
+    if isinstance(functional, Scaled):
+        return Scaled(functional.coefficient, prepare_functional(functional.functional, system))
+    if isinstance(functional, AbstractPeriodicAtomNeighbourModel):
+        if _is_concrete(system):
+            return functional.prepare_periodic(system.grid_coords, system.grid_weights, system.atom_coords,
+                                               system.atom_charges, system.lattice_vectors)
+        if functional.neighbours is None or not functional.neighbours.periodic:
+            raise InputError(f"{type(functional).__name__} needs its periodic neighbour list, built from concrete "
+                             "arrays: call nlxc.pbc.prepare_functional(functional, system) outside jax.jit")
+    return functional
+
+
+def xc_energy(
+    functional: AbstractFunctional,
+    density: Density,
+    system: PeriodicSystem,
+    density_matrix: Complex[Array, "2 nk nao nao"] | None = None,
+) -> Float[Array, ""]:
     """E_xc per cell (Hartree) of a functional accepted by [`check_functional`][nlxc.pbc.check_functional]:
     Σ_g w_g e_xc(ρσ, σσσ', τσ)(r_g) over the cell's grid, with the unpolarised form for a
-    restricted system."""
+    restricted system, plus the energy per cell of every atom-centred model, evaluated on the
+    total density ρ(r) on the cell's grid with the images of the atoms (the model must be
+    prepared by [`prepare_functional`][nlxc.pbc.prepare_functional]; `density_matrix` is
+    passed on to it).
+
+    **Raises:** [`nlxc.InputError`][] (at trace time) for an atom-centred model without a
+    periodic neighbour list."""
     if isinstance(functional, AbstractSemilocalFunctional):
         e = functional.energy_density_of(density, system.restricted)
         return jnp.sum(system.grid_weights * e)
+    if isinstance(functional, AbstractPeriodicAtomNeighbourModel):
+        if functional.neighbours is None or not functional.neighbours.periodic:
+            raise InputError(f"{type(functional).__name__} is not prepared for the crystal: call "
+                             "nlxc.pbc.prepare_functional(functional, system) first (nlxc.pbc.solve does)")
+        return functional(density, density_matrix, system)
     if isinstance(functional, Sum):
-        return sum(xc_energy(t, density, system) for t in functional.terms)
+        return sum(xc_energy(t, density, system, density_matrix) for t in functional.terms)
     if isinstance(functional, Scaled):
-        return functional.coefficient * xc_energy(functional.functional, density, system)
-    raise TypeError(f"{type(functional).__name__} is not a semilocal functional")  # checked in solve
+        return functional.coefficient * xc_energy(functional.functional, density, system, density_matrix)
+    raise TypeError(f"{type(functional).__name__} cannot be evaluated in a crystal")  # checked in solve
 
 
 def energy_components(
@@ -102,7 +164,8 @@ def energy_components(
     - `coulomb`: ½ Σ_Q sign_Q ρ_Q², ρ_Q = Re Σ_k w_k tr(L^k_Q P_k), the GDF Hartree energy as
       PySCF's `df_jk.get_j_kpts` (Sun et al., J. Chem. Phys. 147, 164119 (2017),
       doi:10.1063/1.4998644).
-    - `xc`: E_xc on the cell's grid (`xc_energy`).
+    - `xc`: E_xc on the cell's grid (`xc_energy`; atom-centred models must be prepared with
+      [`prepare_functional`][nlxc.pbc.prepare_functional]).
     - `nuclear_repulsion`: the Ewald energy of the ion cores.
     """
     p_total = density_matrix[0] + density_matrix[1]
@@ -110,7 +173,7 @@ def energy_components(
     one_electron = jnp.real(jnp.einsum("k,kpq,kqp->", w, system.core_hamiltonian, p_total))
     fitted = jnp.real(jnp.einsum("k,kQpq,kqp->Q", w, system.cderi, p_total))
     coulomb = 0.5 * jnp.sum(system.cderi_sign * fitted * fitted)
-    xc = xc_energy(functional, density_features(density_matrix, system), system)
+    xc = xc_energy(functional, density_features(density_matrix, system), system, density_matrix)
     return EnergyComponents(one_electron, coulomb, xc, system.nuclear_repulsion)
 
 

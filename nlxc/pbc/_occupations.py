@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Complex, Float
 
-from ..scf import FermiDirac
+from ..scf import FermiDirac, chemical_potential
 from ._system import PeriodicSystem
 
 # Orbitals of dropped (linearly dependent) directions get this energy (Hartree): never occupied.
@@ -86,36 +86,6 @@ def _fermi(e, mu, width):
     return jax.nn.sigmoid(-(e - mu) / width)
 
 
-def chemical_potential(e: Float[Array, "2 nk nmo"], weights: Float[Array, " nk"], n_total, width: float):
-    """μ with N(μ) = Σ_σ Σ_k w_k Σ_i f((ε_σki − μ)/width) = n_total, inside jit: one μ for all
-    k-points and both spins.
-
-    The value comes from bisection (200 halvings: float64-exact); its derivative from the
-    implicit function theorem, dμ = −dN / (∂N/∂μ) at fixed μ (one Newton step whose value is
-    zero), so that μ, the occupations and the entropy are differentiable with respect to the
-    orbital energies (bisection alone would pass a wrong derivative through its bounds)."""
-    e_fixed = jax.lax.stop_gradient(e)
-    lo = jnp.min(e_fixed) - 50.0 * width - 1.0
-    hi = jnp.max(jnp.where(e_fixed < PADDED_ORBITAL_ENERGY, e_fixed, -jnp.inf)) + 50.0 * width + 1.0
-
-    def count(energies, mu):
-        return jnp.sum(weights[None, :, None] * _fermi(energies, mu, width))
-
-    def body(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        too_many = count(e_fixed, mid) > n_total
-        return jnp.where(too_many, lo, mid), jnp.where(too_many, mid, hi)
-
-    lo, hi = jax.lax.fori_loop(0, 200, body, (lo, hi))
-    mu = 0.5 * (lo + hi)
-    f = _fermi(e_fixed, mu, width)
-    slope = jnp.sum(weights[None, :, None] * f * (1.0 - f)) / width  # ∂N/∂μ > 0
-    slope = jnp.where(slope > 0, slope, 1.0)
-    dn = count(e, mu) - jax.lax.stop_gradient(count(e, mu))  # value 0, derivative dN at fixed μ
-    return mu - dn / slope
-
-
 def _aufbau(e, n_electrons):
     """Occupations 0/1: per spin, the nσ·nk lowest levels over all k-points (one Fermi level)."""
     nspin, nk, nmo = e.shape
@@ -142,7 +112,7 @@ def occupations_and_level(
         level = jnp.max(jnp.where(occ > 0, e, -jnp.inf))
         return occ, level
     width = float(smearing.width)
-    mu = chemical_potential(e, system.kpt_weights, jnp.sum(n).astype(e.dtype), width)
+    mu = chemical_potential(e, jnp.sum(n).astype(e.dtype), width, system.kpt_weights[None, :, None])
     return _fermi(e, mu, width), mu
 
 
@@ -159,7 +129,7 @@ def _make_projector(width: float | None):
     def occupations(e, n_electrons, weights):
         if width is None:
             return _aufbau(e, n_electrons)
-        return _fermi(e, chemical_potential(e, weights, jnp.sum(n_electrons).astype(e.dtype), width), width)
+        return _fermi(e, chemical_potential(e, jnp.sum(n_electrons).astype(e.dtype), width, weights[None, :, None]), width)
 
     @jax.custom_jvp
     def projector(fock_orth, n_electrons, weights):

@@ -20,7 +20,7 @@ from ..scf import (
     ImplicitAdjoint,
 )
 from ..xc import AbstractFunctional
-from ._energy import check_functional, energy_and_fock
+from ._energy import check_functional, energy_and_fock, prepare_functional
 from ._occupations import (
     density_from_fock,
     entropy,
@@ -199,7 +199,11 @@ def solve(
     **Arguments:**
 
     - `functional`: a semilocal nlxc functional (LDA, GGA, meta-GGA, constraint layers with
-      local networks, and `Sum`/`Scaled` of these).
+      local networks), an atom-centred model with periodic images
+      ([`nlxc.models.AtomCentredCorrection`][], [`nlxc.models.EquivariantCorrection`][]), and
+      `Sum`/`Scaled` of these (e.g. `PBE() + AtomCentredCorrection(...)`); the models' neighbour
+      lists over the lattice translations are built here, outside `jit`
+      ([`prepare_functional`][nlxc.pbc.prepare_functional]).
     - `system`: a [`PeriodicSystem`][nlxc.pbc.PeriodicSystem].
     - `solver`: an optimistix fixed-point solver on the [`as_real`][nlxc.pbc.as_real] iterate; an
       [`nlxc.scf.AbstractSCFSolver`][] (e.g. `KCDIIS`) iterates with its `level_shift`.
@@ -217,8 +221,8 @@ def solve(
     **Returns:** a [`PeriodicSCFResult`][nlxc.pbc.PeriodicSCFResult].
 
     **Raises:** [`nlxc.InputError`][] (before anything is computed) for a functional that is not a
-    semilocal nlxc functional, a `system` that is not a `PeriodicSystem`, an
-    `initial_density_matrix` of the wrong shape, `max_steps` < 1, a `solver` that is not an
+    semilocal nlxc functional or a periodic atom-centred model (or a sum of these), a `system`
+    that is not a `PeriodicSystem`, an `initial_density_matrix` of the wrong shape, `max_steps` < 1, a `solver` that is not an
     optimistix fixed-point solver, an `adjoint` that is not an optimistix adjoint, a
     `smearing` that is neither `None` nor `FermiDirac`, or aufbau occupations (`smearing=None`)
     of a cell with a fractional number of electrons per spin (an odd electron count with spin 0).
@@ -247,6 +251,7 @@ def solve(
         raise InputError(f"smearing must be None or nlxc.scf.FermiDirac(width), got {type(smearing).__name__}")
     if smearing is None:
         _check_integral_occupation(system)
+    functional = prepare_functional(functional, system)  # periodic neighbour lists of atom-centred models
     return _solve(functional, system, solver, initial_density_matrix, max_steps, adjoint, smearing, throw)
 
 

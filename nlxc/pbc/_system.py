@@ -46,7 +46,8 @@ class PeriodicSystem(eqx.Module):
       or (N/2, N/2) for a restricted system, half-integers for an odd N (a metal: it needs
       smearing, see [`nlxc.pbc.solve`][]).
     - `lattice_vectors`: `(3, 3)` Bohr, rows a₁, a₂, a₃; `atom_coords` `(natom, 3)` Bohr;
-      `atom_charges` `(natom,)` valence (pseudo-ion) charges.
+      `atom_charges` `(natom,)` nuclear charges Z (as in a molecular [`nlxc.System`][]: the
+      element identity; the pseudo-ion charges are Z minus PySCF's `cell.atom_nelec_core(i)`).
     - `initial_density_matrix`: PySCF's initial guess (α, β), `(2, nk, nao, nao)` complex128.
     - `restricted`: closed shell solved with Pα = Pβ (static).
 
@@ -224,7 +225,10 @@ class PeriodicSystem(eqx.Module):
             n_electrons=jnp.asarray([n_alpha, n_beta]),
             lattice_vectors=jnp.asarray(np.asarray(cell.lattice_vectors(), dtype=float)),
             atom_coords=jnp.asarray(np.asarray(cell.atom_coords(), dtype=float)),
-            atom_charges=jnp.asarray(np.asarray(cell.atom_charges(), dtype=float)),
+            # nuclear charges Z, as a molecular System's (the element identity the models embed);
+            # PySCF's cell.atom_charges() are the pseudo-ion (valence) charges Z - core electrons
+            atom_charges=jnp.asarray([float(cell.atom_charge(i) + cell.atom_nelec_core(i))
+                                      for i in range(cell.natm)]),
             initial_density_matrix=jnp.asarray(guess),
             restricted=restricted,
         )

@@ -26,7 +26,7 @@ from ._adjoint import (
     ZeroSafeSolver,
     as_scf_adjoint,
 )
-from ._aufbau import FermiDirac, density_from_fock, eigh, orbitals
+from ._aufbau import FermiDirac, chemical_potential, density_from_fock, eigh, orbitals
 from ._base import AbstractSCFSolver, SCFArguments, SCFAux, SCFProgress, scf_map
 from ._cdiis import CDIIS
 from ._diis import DIIS, AbstractDIIS
@@ -62,6 +62,7 @@ __all__ = [
     "UnrolledAdjoint",
     "ZeroSafeSolver",
     "as_scf_adjoint",
+    "chemical_potential",
     "density_from_fock",
     "eigh",
     "energy_and_fock",

@@ -94,19 +94,58 @@ def _fermi(e, mu, width):
     return jax.nn.sigmoid(-(e - mu) / width)
 
 
-def _chemical_potential(e, n, width):
-    """μ with Σᵢ f((εᵢ − μ)/width) = n, by bisection (float64-exact after 200 halvings)."""
-    lo = jnp.min(e) - 50.0 * width - 1.0
-    hi = jnp.max(e) + 50.0 * width + 1.0
+def chemical_potential(
+    energies: Float[Array, "*shape"],
+    n_electrons,
+    width: float,
+    weights: Float[Array, "*#shape"] | None = None,
+) -> Float[Array, ""]:
+    """The Fermi–Dirac chemical potential μ (Hartree) with N(μ) = Σᵢ wᵢ f((εᵢ − μ)/width) = n,
+    inside jit, with an exact derivative.
+
+    - `energies`: orbital energies εᵢ (Hartree), any shape; orbitals at or above
+      `PADDED_ORBITAL_ENERGY` (padding) do not set the upper bisection bound.
+    - `n_electrons`: the target count n (a scalar, may be traced).
+    - `width`: the smearing kT (Hartree), f(x) = 1 / (1 + exp(x)).
+    - `weights`: wᵢ broadcastable to `energies` (e.g. k-point weights), default 1.
+
+    The value comes from bisection (200 halvings: float64-exact); its derivative from the
+    implicit function theorem, dμ = Σᵢ wᵢ f'ᵢ dεᵢ / Σᵢ wᵢ f'ᵢ (one Newton step
+    μ − [N(ε, μ) − N(ε̄, μ)] / ∂N/∂μ, ε̄ being ε with its derivative stopped: the correction is
+    exactly zero in value and carries dN at fixed μ), so μ and the occupations f((εᵢ − μ)/width) have exact first derivatives with
+    respect to the orbital energies and the count (bisection alone would pass a wrong
+    derivative through its bounds, which depend on min ε and max ε). Mermin, Phys. Rev. 137,
+    A1441 (1965), doi:10.1103/PhysRev.137.A1441. Raises nothing: where ∂N/∂μ underflows to 0
+    (every occupation exactly 0 or 1) the step uses ∂N/∂μ = 1, which keeps the derivative finite
+    (the occupations' derivatives are 0 there anyway).
+    """
+    e = jnp.asarray(energies)
+    w = jnp.ones((), e.dtype) if weights is None else jnp.asarray(weights, e.dtype)
+    n = jnp.asarray(n_electrons, e.dtype)
+    e_fixed = jax.lax.stop_gradient(e)
+    n_fixed = jax.lax.stop_gradient(n)
+    lo = jnp.min(e_fixed) - 50.0 * width - 1.0
+    real = e_fixed < PADDED_ORBITAL_ENERGY
+    top = jnp.where(jnp.any(real), jnp.max(jnp.where(real, e_fixed, -jnp.inf)), jnp.max(e_fixed))
+    hi = top + 50.0 * width + 1.0
+
+    def count(energies, mu):
+        return jnp.sum(w * _fermi(energies, mu, width))
 
     def body(_, bounds):
         lo, hi = bounds
         mid = 0.5 * (lo + hi)
-        too_many = jnp.sum(_fermi(e, mid, width)) > n
+        too_many = count(e_fixed, mid) > n_fixed
         return jnp.where(too_many, lo, mid), jnp.where(too_many, mid, hi)
 
     lo, hi = jax.lax.fori_loop(0, 200, body, (lo, hi))
-    return 0.5 * (lo + hi)
+    mu = jax.lax.stop_gradient(0.5 * (lo + hi))
+    f = _fermi(e_fixed, mu, width)
+    slope = jnp.sum(w * f * (1.0 - f)) / width  # ∂N/∂μ ≥ 0
+    slope = jax.lax.stop_gradient(jnp.where(slope > 0, slope, 1.0))
+    residual = count(e, mu) - n  # N(μ) − n: its derivative at fixed μ is dN − dn
+    correction = residual - jax.lax.stop_gradient(residual)  # value exactly 0
+    return mu - correction / slope
 
 
 def _occupations(e, n_electrons, width):
@@ -115,7 +154,7 @@ def _occupations(e, n_electrons, width):
     Padded orbitals sit at PADDED_ORBITAL_ENERGY, so neither scheme ever occupies them."""
     if width is None:
         return (jnp.arange(e.shape[0]) < n_electrons).astype(e.dtype)
-    return _fermi(e, _chemical_potential(e, n_electrons, width), width)
+    return _fermi(e, chemical_potential(e, n_electrons, width), width)
 
 
 def _make_projector(width):
@@ -209,7 +248,11 @@ def density_from_fock(
 def occupations_of(
     orbital_energies: Float[Array, "2 nmo"], system: System, smearing: FermiDirac | None = None
 ) -> Float[Array, "2 nmo"]:
-    """Occupation numbers `(2, nmo)` for the given orbital energies (aufbau or Fermi–Dirac)."""
+    """Occupation numbers `(2, nmo)` for the given orbital energies (aufbau or Fermi–Dirac).
+
+    Fermi–Dirac occupations have exact first derivatives with respect to the orbital energies
+    (the chemical potential moves with them, see [`chemical_potential`][nlxc.scf.chemical_potential]).
+    """
     width = None if smearing is None else float(smearing.width)
     n = system.n_electrons.astype(orbital_energies.dtype)
     return jax.vmap(lambda e, k: _occupations(e, k, width))(orbital_energies, n)

@@ -23,8 +23,7 @@ from .._config import (
 from .._errors import InputError
 from ..models import MLP, get_functional
 from ..xc import AbstractFunctional, PW92Correlation, SlaterExchange, Sum
-from ._common import CONSTRAINED_META_GGA, NEURAL_LDA
-from ._models import NeuralLDA
+from ._common import CONSTRAINED_META_GGA
 
 # --------------------------------------------------------------------------------------------
 # Model
@@ -44,10 +43,6 @@ def _constrained_meta_gga(*, width: int = 16, depth: int = 2, final_scale: float
     kx, kc = jr.split(key)
     return (SlaterExchange() * MLP(2, width=width, depth=depth, final_scale=final_scale, key=kx)
             + PW92Correlation.modified() * MLP(4, width=width, depth=depth, final_scale=final_scale, key=kc))
-
-
-def _neural_lda(*, width: int = 16, depth: int = 2, final_scale: float = 0.1, key):
-    return NeuralLDA(MLP(2, width=width, depth=depth, final_scale=final_scale, key=key))
 
 
 # Integer options that count layers may be 0 (no hidden layer); every other integer option of the
@@ -147,14 +142,12 @@ def build_functional(model: ModelConfig, seed: int = 0) -> tuple[AbstractFunctio
         classes = _correction_classes()
         if model.correction == CONSTRAINED_META_GGA:
             factory = _constrained_meta_gga
-        elif model.correction == NEURAL_LDA:
-            factory = _neural_lda
         elif model.correction in classes:
             factory = classes[model.correction]
         else:
             import difflib
 
-            known = sorted(classes) + [CONSTRAINED_META_GGA, NEURAL_LDA]
+            known = sorted(classes) + [CONSTRAINED_META_GGA]
             close = difflib.get_close_matches(model.correction, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(known)}"
             raise ConfigError(f"config [model] correction: unknown model {model.correction!r}; {hint}")

@@ -6,7 +6,6 @@ SPLITS = ("train", "validation", "test")
 """The three splits of a run's molecules, in the order of their rows in the step's losses."""
 
 CONSTRAINED_META_GGA = "ConstrainedMetaGGA"
-NEURAL_LDA = "NeuralLDA"
 
 
 class TrainingError(RuntimeError):

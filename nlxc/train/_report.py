@@ -12,7 +12,13 @@ from .._config import (
     TrainConfig,
 )
 from ..data import KCAL_PER_MOL
-from ..evaluation import baseline_energies, baseline_label, error_statistics, format_table, plot_parity
+from ..evaluation import (
+    baseline_label,
+    baseline_results,
+    error_statistics,
+    format_table,
+    plot_parity,
+)
 from ._common import SPLITS
 from ._data import _Prepared
 
@@ -77,11 +83,18 @@ def _held_out_report(config: TrainConfig, prepared: _Prepared, energies, converg
     if initial_energies is not None:
         methods["nlxc (initial)"] = (initial_energies, {n: True for n in initial_energies})
     baselines = list(config.evaluation.baselines)
+    failures: dict[str, dict[str, str]] = {}
     if baselines and molecules:
-        pyscf = baseline_energies(molecules, baselines, prepared.dataset.basis, prepared.dataset.grid_level,
-                                  os.path.join(out, "baselines.h5"))
+        # a PySCF calculation that failed (e.g. an SCF not converged in its cycles) is a value:
+        # its energy is NaN, flagged not converged, and left out of that baseline's statistics
+        pyscf, failed = baseline_results(molecules, baselines, prepared.dataset.basis, prepared.dataset.grid_level,
+                                         os.path.join(out, "baselines.h5"))
         for m in baselines:
-            methods[baseline_label(m)] = (pyscf[m], {n: True for n in pyscf[m]})
+            label = baseline_label(m)
+            energies_m = {**pyscf[m], **{n: math.nan for n in failed[m]}}
+            methods[label] = (energies_m, {n: n in pyscf[m] and n not in failed[m] for n in energies_m})
+            if failed[m]:
+                failures[label] = dict(sorted(failed[m].items()))
     reactions = [(r, counts, ref) for r, counts, ref in
                  zip(prepared.reaction_names, prepared.reaction_species, prepared.reaction_reference) if r in test]
     target = config.data.target
@@ -89,14 +102,19 @@ def _held_out_report(config: TrainConfig, prepared: _Prepared, energies, converg
               "basis": prepared.dataset.basis,
               "grid_level": prepared.dataset.grid_level, "molecules": test,
               "splits": {s: [n for n in prepared.names if prepared.split_of[n] == s] for s in SPLITS + ("shared",)},
-              "atomization": {}, "total_energy": {}, "not_converged": {}, "per_molecule": {}}
+              "atomization": {}, "total_energy": {}, "not_converged": {}, "failures": failures,
+              "per_molecule": {}}
     for name, (e, c) in methods.items():
         bad = sorted(n for n in needed if not c.get(n, False))
         ok = [(r, counts, ref) for r, counts, ref in reactions if all(c.get(m, False) for m in counts)]
         atom = {r: sum(k * e[m] for m, k in counts.items()) for r, counts, _ in ok}
-        report["atomization"][name] = error_statistics((atom[r] - ref) / KCAL_PER_MOL for r, _, ref in ok)
-        report["total_energy"][name] = error_statistics((e[n] - prepared.target_energy[n]) / KCAL_PER_MOL
-                                                        for n in test if c.get(n, False))
+        report["atomization"][name] = {
+            **error_statistics((atom[r] - ref) / KCAL_PER_MOL for r, _, ref in ok),
+            "excluded": len(reactions) - len(ok)}
+        converged_test = [n for n in test if c.get(n, False)]
+        report["total_energy"][name] = {
+            **error_statistics((e[n] - prepared.target_energy[n]) / KCAL_PER_MOL for n in converged_test),
+            "excluded": len(test) - len(converged_test)}
         report["not_converged"][name] = bad
         report["per_molecule"][name] = {r: atom[r] / KCAL_PER_MOL for r in atom}
     report["per_molecule"]["reference"] = {r: ref / KCAL_PER_MOL for r, _, ref in reactions}
@@ -115,6 +133,9 @@ def _held_out_report(config: TrainConfig, prepared: _Prepared, energies, converg
     for name, bad in report["not_converged"].items():
         if bad:
             text.append(f"{name}: SCF not converged for {', '.join(bad)} (left out)")
+    for name, failed in failures.items():
+        for n, message in failed.items():
+            text.append(f"{name}: {n}: {message}")
     table = "\n".join(text)
     print(table)
     with open(os.path.join(out, "results.json"), "w") as f:

@@ -28,7 +28,7 @@ import numpy as np
 from .._errors import InputError
 from ..grid_operators import GridOperatorSpec
 from ..scf import energy_components
-from ..system import System, quiet_basis_lookup
+from ..system import System, pack_symmetric, quiet_basis_lookup, unpack_tril
 from ..xc import AbstractFunctional, required_grid_operators
 
 __all__ = ["KS", "NlxcKS", "required_grid_operators"]
@@ -58,8 +58,8 @@ def _two_electron_part(functional, system, density_matrix):
 
     (_, components), grad = jax.value_and_grad(two_electron, has_aux=True)(density_matrix)
     potential = 0.5 * (grad + jnp.swapaxes(grad, -1, -2))
-    fitted = jnp.einsum("Qmn,mn->Q", system.cderi, density_matrix[0] + density_matrix[1])
-    coulomb_matrix = jnp.einsum("Q,Qmn->mn", fitted, system.cderi)
+    fitted = system.cderi_packed @ pack_symmetric(density_matrix[0] + density_matrix[1])
+    coulomb_matrix = unpack_tril(fitted @ system.cderi_packed, system.nao)
     return components.coulomb, components.xc, potential, coulomb_matrix
 
 
@@ -396,7 +396,7 @@ def KS(
     mf = mf.density_fit(auxbasis=auxbasis)
     if given_system:
         # The System's tensor, so that mf.get_j / mf.with_df agree with it (packed lower triangle).
-        mf.with_df._cderi = lib.pack_tril(np.asarray(system.cderi))
+        mf.with_df._cderi = np.asarray(system.cderi_packed)
     # Built lazily otherwise: PySCF computes the same tensor (same auxbasis) if mf.get_j is called.
     obj = NlxcKS(mf, functional, system)
     return lib.set_class(obj, (NlxcKS, mf.__class__))

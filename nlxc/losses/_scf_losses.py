@@ -21,7 +21,7 @@ from jaxtyping import Array, Float
 from .._errors import InputError
 from ..batch import Batch
 from ..scf import SCFResult
-from ..system import System
+from ..system import System, pack_symmetric
 from ._reductions import (
     DEFAULT_HUBER_DELTA,
     REDUCTIONS,
@@ -33,7 +33,13 @@ from ._reductions import (
     errors,
     weighted_mean,
 )
-from ._targets import Reactions, Targets, _as_batches_and_results, _check_result, _check_targets
+from ._targets import (
+    Reactions,
+    Targets,
+    _as_batches_and_results,
+    _check_result,
+    _check_targets,
+)
 
 Metric = Literal["l2", "coulomb"]
 """Distance of two densities: ∫ Δρ² d³r on the grid, or the Hartree energy of Δρ."""
@@ -261,7 +267,7 @@ def density_difference(system: System, density_matrix: Float[Array, "2 nao nao"]
     _check_option("negative_weights", negative_weights, NEGATIVE_WEIGHTS)
     dp = jnp.sum(density_matrix - reference, axis=0)
     if metric == "coulomb":
-        fitted = jnp.einsum("Qmn,mn->Q", system.cderi, dp)
+        fitted = system.cderi_packed @ pack_symmetric(dp)
         return 0.5 * jnp.dot(fitted, fitted)
     drho = system.density_values(dp)
     return jnp.sum(_grid_weights(system.grid_weights, negative_weights) * drho**2)

@@ -22,9 +22,16 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._errors import InputError
-from ..grid_operators import GridOperatorSpec, require_grid_operators
 from ..constants import KF_FACTOR, LIEB_OXFORD_BOUND, X_FACTOR_C
-from ..xc import DENS_THRESHOLD, AbstractFunctional, SpinChannelFeatures, squash_alpha, squash_s
+from ..grid_operators import GridOperatorSpec, require_grid_operators
+from ..system import pack_symmetric
+from ..xc import (
+    DENS_THRESHOLD,
+    AbstractFunctional,
+    SpinChannelFeatures,
+    squash_alpha,
+    squash_s,
+)
 from ..xc.gga import PBE_KAPPA, PBE_MU
 from ._common import pbe_exchange_enhancement
 from ._mlp import MLP
@@ -153,7 +160,7 @@ def gaussian_density_descriptors(
         d = (system.grid_weights * n) @ ops.projection[0]  # (nspin, naux)
     else:
         p = 0.5 * (density_matrix[0] + density_matrix[1])[None] if system.restricted else density_matrix
-        d = 2.0 * jnp.einsum("Rkl,skl->sR", system.cderi, p)
+        d = 2.0 * pack_symmetric(p) @ system.cderi_packed.T
     nb, ngrid, naux = gauss.shape
     g = (gauss.reshape(nb * ngrid, naux) @ d.T).reshape(nb, ngrid, nspin).transpose(2, 0, 1)  # (nspin, nb, ngrid)
 

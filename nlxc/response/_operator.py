@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..grid import Density
-from ..system import System
+from ..system import System, pack_symmetric
 from ..xc import AbstractFunctional
 
 Spin = Literal["singlet", "triplet", "unrestricted"]
@@ -41,7 +41,7 @@ def response_energy(functional: AbstractFunctional, system: System,
     sym = 0.5 * (density_matrix + jnp.swapaxes(density_matrix, -1, -2))
     p_total = sym[0] + sym[1]
     one_electron = jnp.sum(p_total * system.core_hamiltonian)
-    fitted = jnp.einsum("Qmn,mn->Q", system.cderi, p_total)
+    fitted = system.cderi_packed @ pack_symmetric(p_total)
     coulomb = 0.5 * jnp.dot(fitted, fitted)
     density = Density.from_density_matrix(sym, system)
     return one_electron + coulomb + functional(density, density_matrix, system)

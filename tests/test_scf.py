@@ -234,6 +234,7 @@ def test_stability_analysis_checks_its_arguments():
             nlxc.scf.StabilityAnalysis(**kwargs)
 
 
+@pytest.mark.slow  # moved from the default suite (2026-12-07): four compiles of NO's solve, 74-86 s cold
 def test_iteration_count_never_exceeds_max_steps(get_system):
     for steps in (1, 2, 3, 5):
         result = solve(get_functional("pbe"), get_system("no"), max_steps=steps)

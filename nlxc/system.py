@@ -11,6 +11,7 @@ import difflib
 import functools
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -47,6 +48,40 @@ def _basis_key(name: str) -> str:
     return name.split("@")[0].lower().replace("-", "").replace("_", "").replace(" ", "")
 
 
+# A Pople basis name as PySCF composes it from files (`_format_basis_name` form, before any
+# '@'): a base set (6-31G, 6-311G, 3-21G, 4-31G with up to two '+'), '*'/'**' (or 's'/'ss'), and
+# polarisation functions in parentheses, e.g. "6-311++G(2df,2pd)" -> "6311++g(2df,2pd)".
+_POPLE_NAME = re.compile(r"(?P<base>(?:6311?|321|431)\+{0,2}g(?:\*{1,2}|s{1,2})?)"
+                         r"(?:\((?P<pol>[a-z0-9,]+)\))?")
+
+
+def _is_known_basis_name(name: str) -> bool:
+    """Whether PySCF's basis loader resolves `name` to basis data it ships (or the user registered).
+
+    Decided from the name alone, as `pyscf.gto.basis.load` resolves it: a file, an entry of
+    PySCF's alias tables, or a Pople name whose base set is in the table and whose polarisation
+    files exist (`pople-basis/<base>-polarization-<shell>.dat`, the files PySCF composes such a
+    name from). PySCF versions differ in which exception an unknown name raises (2.14: `KeyError`
+    for a Pople-like name such as "6-31gg"; 2.15: `BasisNotFoundError`), so the message of
+    `check_basis` does not depend on it.
+    """
+    from pyscf.gto import basis as pyscf_basis
+
+    if os.path.isfile(name.split("@")[0]):
+        return True
+    key = _basis_key(name)
+    if any(key in table for table in (pyscf_basis.ALIAS, pyscf_basis.GTH_ALIAS,
+                                      pyscf_basis.USER_BASIS_ALIAS, pyscf_basis.USER_GTH_ALIAS)):
+        return True
+    pople = _POPLE_NAME.fullmatch(key)
+    if pople is None or pople["base"] not in pyscf_basis.ALIAS:
+        return False
+    stem = pople["base"][0] + "-" + pople["base"][1:].upper().replace("+", "").replace("*", "")
+    shells = re.findall(r"\d*[a-z]", (pople["pol"] or "").replace(",", ""))
+    folder = os.path.join(os.path.dirname(pyscf_basis.__file__), "pople-basis")
+    return all(os.path.isfile(os.path.join(folder, f"{stem}-polarization-{shell}.dat")) for shell in shells)
+
+
 def _basis_hint(name: str) -> str:
     """` (did you mean 'NAME'?)` for the closest basis name PySCF knows, or `''`."""
     from pyscf.gto import basis as pyscf_basis
@@ -80,22 +115,19 @@ def check_basis(name: str, symbols: Sequence[str], *, kind: str = "basis") -> No
     if "\n" in name:
         return
     elements = sorted(set(symbols))
-    missing, unparsed = [], False
+    missing = []
     with quiet_basis_lookup():
         for symbol in elements:
             try:
                 pyscf_basis.load(name, symbol)
-            except (BasisNotFoundError, KeyError) as err:  # KeyError: a Pople-like name PySCF cannot parse
+            # KeyError (PySCF < 2.15): a Pople-like name it cannot parse; FileNotFoundError: a
+            # Pople name with polarisation functions PySCF has no file for, e.g. "6-31g(x)"
+            except (BasisNotFoundError, KeyError, FileNotFoundError):
                 missing.append(symbol)
-                unparsed = unparsed or isinstance(err, KeyError)
     if not missing:
         return
-    key = _basis_key(name)
-    known = (len(missing) < len(elements) or os.path.isfile(name)
-             or any(key in table for table in (pyscf_basis.ALIAS, pyscf_basis.GTH_ALIAS,
-                                                pyscf_basis.USER_BASIS_ALIAS, pyscf_basis.USER_GTH_ALIAS))
-             or (key.startswith(("631", "321", "431")) and not unparsed))
-    if known:
+    # whether the name is unknown is decided from the name (not from which exception PySCF raised)
+    if len(missing) < len(elements) or _is_known_basis_name(name):
         raise InputError(f"{kind} {name!r} has no functions for {', '.join(missing)}")
     raise InputError(f"unknown {kind} {name!r}{_basis_hint(name)}")
 

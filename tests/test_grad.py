@@ -70,8 +70,10 @@ def sys_for(name):
     return atom_n() if name == "n_atom" else system(name)
 
 
-def quantities(params, static, sys, adjoint=None, steps=200, field=0.0, solver=SOLVER, fallback=None):
-    """(E, ∫(ρ−ρ_ref)², μx, μy, μz, ε_HOMO) of the converged SCF, and its converged flag.
+def quantities(params, static, sys, adjoint=None, steps=200, field=0.0, solver=SOLVER, fallback=None,
+               density_matrix=False):
+    """(E, ∫(ρ−ρ_ref)², μx, μy, μz, ε_HOMO) of the converged SCF, and its converged flag
+    (with `density_matrix=True`: the flag and the converged density matrix).
 
     `field` is a uniform electric field F_z (atomic units) added to the core Hamiltonian."""
     functional = eqx.combine(params, static)
@@ -85,7 +87,8 @@ def quantities(params, static, sys, adjoint=None, steps=200, field=0.0, solver=S
     density_loss = jnp.sum(sys.grid_weights * (rho - rho_ref) ** 2)
     mu = nlxc.dipole_moment(r.density_matrix, sys)
     homo, _ = nlxc.homo_lumo(r.orbital_energies, r.occupations)
-    return jnp.concatenate([jnp.stack([r.energy, density_loss]), mu, homo[None]]), r.converged
+    values = jnp.concatenate([jnp.stack([r.energy, density_loss]), mu, homo[None]])
+    return values, ((r.converged, r.density_matrix) if density_matrix else r.converged)
 
 
 def finite_difference(params, static, sys, direction, **kwargs):
@@ -123,16 +126,18 @@ CASES = {
 
 @functools.lru_cache(maxsize=None)
 def reverse_jacobian(case):
-    """jax.jacrev of the quantities w.r.t. (functional parameters, field) at field 0: one
-    compilation serves the finite-difference, Hellmann–Feynman, dipole and unrolled tests."""
+    """jax.jacrev of the quantities w.r.t. (functional parameters, field) at field 0, and the
+    converged density matrix: one compilation serves the finite-difference, Hellmann–Feynman,
+    dipole and unrolled tests."""
     name, make = CASES[case]
     sys = sys_for(name)
     params, static = eqx.partition(make(), eqx.is_inexact_array)
-    jac, converged = eqx.filter_jit(
-        jax.jacrev(lambda p, f: quantities(p, static, sys, field=f), argnums=(0, 1), has_aux=True)
+    jac, (converged, p_star) = eqx.filter_jit(
+        jax.jacrev(lambda p, f: quantities(p, static, sys, field=f, density_matrix=True), argnums=(0, 1),
+                   has_aux=True)
     )(params, jnp.asarray(0.0))
     assert bool(converged)
-    return sys, params, static, jac
+    return sys, params, static, jac, p_star
 
 
 # h2o/PBE's Jacobian is shared with the Hellmann-Feynman, dipole and unrolled tests and stays in
@@ -140,7 +145,7 @@ def reverse_jacobian(case):
 # slow set (`python -m pytest -q -m slow`, which .ci/run runs too)
 @pytest.mark.parametrize("case", [c if c == "h2o-pbe" else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
 def test_reverse_mode_matches_finite_differences(case):
-    sys, params, static, (jac, _) = reverse_jacobian(case)
+    sys, params, static, (jac, _), _ = reverse_jacobian(case)
     direction = random_direction(params)
     analytic = sum(np.tensordot(np.asarray(j), np.asarray(v), axes=np.ndim(v))
                    for j, v in zip(jax.tree.leaves(jac), jax.tree.leaves(direction)))
@@ -204,8 +209,7 @@ def test_forward_mode_matches_finite_differences():
 
 def test_hellmann_feynman():
     """dE/dθ through the SCF equals ∂E/∂θ at the fixed density (the density is variational)."""
-    sys, params, static, (jac, _) = reverse_jacobian("h2o-pbe")
-    p_star = solve(eqx.combine(params, static), sys, SOLVER).density_matrix
+    sys, params, static, (jac, _), p_star = reverse_jacobian("h2o-pbe")
 
     def frozen(p):
         return nlxc.scf.energy_components(eqx.combine(p, static), sys, jax.lax.stop_gradient(p_star)).total
@@ -217,16 +221,15 @@ def test_hellmann_feynman():
 
 def test_dipole_is_minus_field_derivative_of_energy():
     """μ_z from the density equals −dE/dF_z (+ nuclear part), F_z a uniform field in H_core."""
-    sys, params, static, (_, d_field) = reverse_jacobian("h2o-pbe")
-    r = solve(eqx.combine(params, static), sys, SOLVER)
-    mu = nlxc.dipole_moment(r.density_matrix, sys)
+    sys, params, static, (_, d_field), p_star = reverse_jacobian("h2o-pbe")
+    mu = nlxc.dipole_moment(p_star, sys)
     nuclear = float(jnp.dot(sys.atom_charges, sys.atom_coords[:, 2]))
     assert abs(float(mu[2])) > 0.1
     assert float(mu[2]) == pytest.approx(nuclear - float(d_field[0]), abs=1e-8)
 
 
 def test_unrolled_adjoint_agrees_with_implicit():
-    sys, params, static, (jac, _) = reverse_jacobian("h2o-pbe")
+    sys, params, static, (jac, _), _ = reverse_jacobian("h2o-pbe")
 
     def loss(p):
         q, _ = quantities(p, static, sys, UnrolledAdjoint(), 40)

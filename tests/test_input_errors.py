@@ -93,9 +93,11 @@ def test_unknown_auxbasis_from_pyscf():
 
 @pytest.mark.parametrize("basis, symbols, message", [
     ("def2svpp", ["O", "H"], r"^unknown basis 'def2svpp' \(did you mean 'def2-svp'\?\)$"),
-    ("6-31gg", ["H"], r"^unknown basis '6-31gg'"),
+    ("6-31gg", ["H"], r"^unknown basis '6-31gg'"),  # PySCF 2.14 raises KeyError, 2.15 BasisNotFoundError
+    ("6-31g(x)", ["O"], r"^unknown basis '6-31g\(x\)'$"),  # no polarisation file: PySCF's FileNotFoundError
     ("qwertyuiop", ["H"], r"^unknown basis 'qwertyuiop'$"),
     ("6-31g", ["H", "Xe"], r"^basis '6-31g' has no functions for Xe$"),
+    ("6-311++g(2df,2pd)", ["Xe"], r"^basis '6-311\+\+g\(2df,2pd\)' has no functions for Xe$"),
     ("sto-3g", ["Og"], r"^basis 'sto-3g' has no functions for Og$"),
     ("", ["H"], r"^basis must be a basis-set name"),
 ])

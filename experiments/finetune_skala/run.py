@@ -17,9 +17,11 @@ Small on purpose (2 shared CPU cores): basis 6-31G, PySCF grid level 0, 4 traini
 8 steps, 8 held-out molecules. Run it under `nice -n 10` on a shared machine.
 
     python experiments/finetune_skala/run.py [--config experiments/finetune_skala/config.toml] [--quick]
+                                             [--results-dir DIR]
 
-Writes experiments/finetune_skala/results/{results.json, table.md} and the training run
-(metrics, checkpoints) under results/run/.
+Writes experiments/finetune_skala/results/{results.json, table.md} (or DIR/…) and the training run
+(metrics, checkpoints) under results/run/. results.json records the wall times, the load average
+and the process's peak resident memory (`peak_rss_gb`, after training and for the whole run).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import io
 import json
 import os
 import platform
+import resource
 import time
 
 import equinox as eqx
@@ -46,6 +49,11 @@ TEST = ("C2H2", "HCN", "CO", "N2", "H2CO", "F2", "H2O2", "CO2")
 
 def _load():
     return list(os.getloadavg())
+
+
+def _peak_rss_gb():
+    """This process's peak resident memory so far (GB; Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6 * 1.024
 
 
 def _last_parameters(config):
@@ -73,11 +81,14 @@ def main():
     parser.add_argument("--grid-level", type=int, default=0)
     parser.add_argument("--from-last", action="store_true",
                         help="evaluate the parameters of results/run/last.eqx instead of training on")
+    parser.add_argument("--results-dir", default=None,
+                        help="write everything here instead of experiments/finetune_skala/results (e.g. a scratch "
+                             "directory, copied over once the run has finished)")
     args = parser.parse_args()
     t0 = time.perf_counter()
     loads = {"start": _load()}
     config = load_config(args.config)
-    results_dir = os.path.join(HERE, "results" + ("-quick" if args.quick else ""))
+    results_dir = args.results_dir or os.path.join(HERE, "results" + ("-quick" if args.quick else ""))
     os.makedirs(results_dir, exist_ok=True)
 
     g2_1 = g2("g2_1")
@@ -98,6 +109,7 @@ def main():
         tuned, best_step, steps_done = result.functional, result.best_step, result.steps
     t_train = time.perf_counter() - t_train
     loads["after_training"] = _load()
+    peak_training = _peak_rss_gb()
 
     test = list(TEST[:2] if args.quick else TEST)
     assert not set(test) & set(names)
@@ -133,13 +145,16 @@ def main():
         "train_atomization_mae_kcal": [m["mae_kcal"]["train"]["atomization"] for m in metrics],
         "step_wall_s": [m["wall_s"] for m in metrics],
         "wall_s": wall, "train_s": t_train, "evaluate_s": t_eval, "load_average": loads,
+        "peak_rss_gb": {"training": peak_training, "whole_run": _peak_rss_gb()},
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
     }
     with open(os.path.join(results_dir, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(results_dir, "table.md"), "w") as f:
         f.write("```\n" + table + "\n```\n")
-    print(f"wall time {wall:.0f} s (training {t_train:.0f} s, evaluation {t_eval:.0f} s); load average {loads}")
+    print(f"wall time {wall:.0f} s (training {t_train:.0f} s, evaluation {t_eval:.0f} s); load average {loads}; "
+          f"peak RSS {summary['peak_rss_gb']['training']:.2f} GB after training, "
+          f"{summary['peak_rss_gb']['whole_run']:.2f} GB in all")
 
 
 if __name__ == "__main__":

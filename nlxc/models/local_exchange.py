@@ -45,18 +45,19 @@ _BLOCK_ELEMENTS = 1 << 22  # floats in one block's (points × nao(nao+1)/2) pair
 _SERIES_SWITCH = 3.0  # a = ω/(2k_F) above which the large-a series of the attenuation is used
 
 
-def _pair_potential_weights(psi, cderi, block_elements=_BLOCK_ELEMENTS):
+def _pair_potential_weights(psi, cderi_packed, block_elements=_BLOCK_ELEMENTS):
     """u_sgR = Σ_κλ ψ_sgκ B_Rκλ ψ_sgλ, `(nspin, ngrid, naux)` (private helper).
 
-    B_R is symmetric, so u = π Bpᵀ with the pair products π_g,κλ = ψ_gκ ψ_gλ over κ ≤ λ and
-    Bp_R,κλ = (2 − δ_κλ) B_Rκλ: one matrix product of (points × nao(nao+1)/2) by
+    `cderi_packed` is `System.cderi_packed` `(naux, nao(nao+1)/2)`, the lower triangles of the
+    symmetric B_R (κ ≥ λ, `nlxc.system.unpack_tril`'s order). u = π Bpᵀ with the pair products
+    π_g,κλ = ψ_gκ ψ_gλ over κ ≥ λ and Bp_R,κλ = (2 − δ_κλ) B_Rκλ: one matrix product of (points × nao(nao+1)/2) by
     (nao(nao+1)/2 × naux), ½ ngrid · naux · nao² multiply-adds per spin, and as much again for
     the gradient. Evaluated in blocks of grid points (`jax.lax.map` of a rematerialised
     block), so the pair products never exist for the whole grid, not even in the backward pass.
     """
     ns, ngrid, nao = psi.shape
-    rows, cols = np.triu_indices(nao)
-    bp = cderi[:, rows, cols] * jnp.asarray(np.where(rows == cols, 1.0, 2.0))  # (naux, npair)
+    rows, cols = np.tril_indices(nao)
+    bp = cderi_packed * jnp.asarray(np.where(rows == cols, 1.0, 2.0))  # (naux, npair)
 
     def one(x):  # (ns, block, nao) -> (ns, block, naux)
         return (x[..., rows] * x[..., cols]) @ bp.T
@@ -118,7 +119,7 @@ def local_exact_exchange(
     else:
         p = density_matrix
     psi = system.orbital_values(p)  # (ns, ngrid, nao), block by block over the screened AOs
-    u = _pair_potential_weights(psi, system.cderi)
+    u = _pair_potential_weights(psi, system.cderi_packed)
     e = jnp.stack([-0.5 * jnp.sum(ops.coulomb_operator(w)[None] * u, axis=-1) for w in omegas])  # (nω, ns, ngrid)
     if system.restricted:
         e = jnp.concatenate([e, e], axis=1)

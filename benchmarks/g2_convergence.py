@@ -5,12 +5,14 @@ every functional asked for: nlxc's `solve(functional, system)` with every defaul
 the Newton fallback, minao guess, default tolerance, no level shift) beside PySCF's
 density-fitted RKS/UKS on the same work (same basis, grid level, auxiliary basis from
 `pyscf.df.make_auxbasis`, minao guess; `conv_tol` 1e-10, 200 cycles). Reports per case whether
-each converged, nlxc's iterations and strategy (0 CDIIS, 1 Newton fallback) and the energy
-difference; the acceptance is |ΔE| ≤ 1e-6 Ha wherever PySCF converges. Where the two end in
+each converged, nlxc's iterations and strategy (0 CDIIS, 1 Newton fallback), whether nlxc's
+state is aufbau (`SCFResult.aufbau`; a converged non-aufbau state is a stationary point where no
+aufbau fixed point exists) and the energy difference; the acceptance is |ΔE| ≤ 1e-6 Ha wherever PySCF converges. Where the two end in
 different states (|ΔE| > 1e-6 Ha), it also reports whether PySCF's own solution passes PySCF's
 internal stability analysis, what PySCF converges to when started from nlxc's density matrix,
 and whether that state (nlxc's) passes the stability analysis too. Where PySCF's DIIS does not
-converge, it runs PySCF's second-order solver and reports whether its minimum is aufbau.
+converge, it runs PySCF's second-order solver and reports whether its minimum is aufbau, and
+nlxc's energy difference to it.
 
     python benchmarks/g2_convergence.py [--xc lda pbe b3lyp r2scan] [--basis def2-svp]
         [--grid-level 3] [--molecules OH NO ...] [--out benchmarks/results/g2_convergence.json]
@@ -74,7 +76,8 @@ def main() -> None:
         functionals = {xc: nlxc.get_functional(xc) for xc in args.xc}
 
     rows = []
-    header = f"{'molecule':12s} {'xc':10s} {'nlxc':>5s} {'iter':>4s} {'strat':>5s} {'PySCF':>5s} {'cyc':>4s} {'dE/Ha':>10s} {'t/s':>6s}"
+    header = (f"{'molecule':12s} {'xc':10s} {'nlxc':>5s} {'iter':>4s} {'strat':>5s} {'aufb':>5s} {'PySCF':>5s} "
+              f"{'cyc':>4s} {'dE/Ha':>10s} {'t/s':>6s}")
     print(header)
     for name in names:
         # every molecule compiles its own programs; XLA's CPU executables hold ~1300 memory maps
@@ -91,7 +94,7 @@ def main() -> None:
             elapsed = time.perf_counter() - t0
             row = {"molecule": name, "xc": xc, "spin": molecule.spin, "converged": bool(result.converged),
                    "n_iterations": int(result.n_iterations), "strategy": int(result.strategy),
-                   "energy": energy, "time_s": elapsed}
+                   "aufbau": bool(result.aufbau), "energy": energy, "time_s": elapsed}
             if not args.no_pyscf and args.checkpoint is None:
                 mf = (dft.RKS if mol.spin == 0 else dft.UKS)(mol, xc=xc)
                 mf.grids.level = args.grid_level
@@ -106,10 +109,11 @@ def main() -> None:
                     row.update(_two_solutions(mf, result))
                 if not mf.converged:
                     row.update(_second_order(mf))
+                    row["delta_newton"] = energy - row["pyscf_newton_energy"]
             rows.append(row)
             delta = row.get("delta")
             print(f"{name:12s} {xc:10s} {str(row['converged']):>5s} {row['n_iterations']:4d} {row['strategy']:5d} "
-                  f"{str(row.get('pyscf_converged', '-')):>5s} {row.get('pyscf_cycles', 0):4d} "
+                  f"{str(row['aufbau']):>5s} {str(row.get('pyscf_converged', '-')):>5s} {row.get('pyscf_cycles', 0):4d} "
                   f"{(f'{delta:.1e}' if delta is not None else '-'):>10s} {elapsed:6.1f}", flush=True)
             _write(args, rows)
 
@@ -143,6 +147,10 @@ def _summarize(rows):
     failed = [f"{r['molecule']}/{r['xc']}" for r in rows if not r["converged"]]
     if failed:
         print("not converged:", ", ".join(failed))
+    # rows written before SCFResult.aufbau existed have no "aufbau" entry
+    stationary = [f"{r['molecule']}/{r['xc']}" for r in rows if r["converged"] and not r.get("aufbau", True)]
+    if stationary:
+        print("converged to a stationary point whose occupations are not aufbau:", ", ".join(stationary))
     for r in rows:
         if "pyscf_newton_energy" in r:
             print(f"{r['molecule']}/{r['xc']}: PySCF's DIIS did not converge; its second-order solver "

@@ -26,7 +26,16 @@ from ._adjoint import (
     ZeroSafeSolver,
     as_scf_adjoint,
 )
-from ._aufbau import FermiDirac, chemical_potential, density_from_fock, eigh, orbitals
+from ._aufbau import (
+    FermiDirac,
+    chemical_potential,
+    density_from_fock,
+    eigh,
+    is_aufbau,
+    maximum_overlap_density,
+    maximum_overlap_occupations,
+    orbitals,
+)
 from ._base import AbstractSCFSolver, SCFArguments, SCFAux, SCFProgress, scf_map
 from ._cdiis import CDIIS
 from ._diis import DIIS, AbstractDIIS
@@ -67,6 +76,9 @@ __all__ = [
     "eigh",
     "energy_and_fock",
     "energy_components",
+    "is_aufbau",
+    "maximum_overlap_density",
+    "maximum_overlap_occupations",
     "orbitals",
     "scf_map",
     "solve",

@@ -25,7 +25,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 from ..system import System
 
@@ -205,6 +205,32 @@ def _projector_for(smearing):
     return _FERMI_PROJECTORS[width]
 
 
+def _top_occupations(overlaps: Float[Array, " nmo"], n_electrons) -> Float[Array, " nmo"]:
+    """1 for the `n_electrons` orbitals of largest overlap (ties to the lower index), else 0."""
+    rank = jnp.argsort(jnp.argsort(-overlaps, stable=True), stable=True)
+    return (rank < n_electrons).astype(overlaps.dtype)
+
+
+@jax.custom_jvp
+def _overlap_projector(fock_orth, reference_orth, n_electrons):
+    _, c = _lapack_eigh(fock_orth)
+    occ = _top_occupations(jnp.einsum("ip,ij,jp->p", c, reference_orth, c), n_electrons)
+    return (c * occ) @ c.T
+
+
+@_overlap_projector.defjvp
+def _overlap_projector_jvp(primals, tangents):
+    # the occupations are held fixed (piecewise constant in the reference): only the orbitals move,
+    # dP = C (W ∘ Cᵀ dF C) Cᵀ with W_pq = (n_p − n_q)/(ε_p − ε_q), as for the aufbau projector
+    fock_orth, reference_orth, n_electrons = primals
+    dfock = tangents[0]
+    e, c = _lapack_eigh(fock_orth)
+    occ = _top_occupations(jnp.einsum("ip,ij,jp->p", c, reference_orth, c), n_electrons)
+    dm = c.T @ (0.5 * (dfock + dfock.T)) @ c
+    w = _safe_divided(occ[:, None] - occ[None, :], e[:, None] - e[None, :])
+    return (c * occ) @ c.T, c @ (w * dm) @ c.T
+
+
 def _orthogonal_fock(fock, system):
     """Xᵀ F X per spin (spin-averaged for restricted systems), padded orbitals shifted up."""
     x = system.orthogonalizer
@@ -243,6 +269,61 @@ def density_from_fock(
     p_orth = jax.vmap(_projector_for(smearing))(f_orth, n)
     x = system.orthogonalizer
     return jnp.einsum("mi,sij,nj->smn", x, p_orth, x)
+
+
+def maximum_overlap_density(
+    fock: Float[Array, "2 nao nao"], reference: Float[Array, "2 nao nao"], system: System
+) -> Float[Array, "2 nao nao"]:
+    """The α/β density matrices `(2, nao, nao)` of the n_α and n_β eigenvectors of F C = S C ε
+    whose overlap with the occupied space of `reference` (idempotent α/β density matrices) is
+    largest: the maximum overlap method (MOM), A. T. B. Gilbert, N. A. Besley and P. M. W. Gill,
+    J. Phys. Chem. A 112, 13164 (2008), doi:10.1021/jp801738f.
+
+    Where the occupied orbitals of `reference` are the lowest of F this is
+    [`density_from_fock`][nlxc.scf.density_from_fock] (aufbau); where one lies above a virtual
+    one, the occupations of `reference` are kept, so a stationary point of the energy with
+    non-aufbau occupations is a fixed point of P ↦ D_MOM(F(P); P). The derivative holds the
+    occupations fixed (they are piecewise constant in `reference`, which gets no derivative):
+    the first-order perturbation theory of the occupied projector of the module docstring, with
+    W_pq = (n_p − n_q)/(ε_p − ε_q) for the selected occupations n, finite wherever no occupied
+    orbital is degenerate with a virtual one.
+    """
+    f_orth = _orthogonal_fock(fock, system)
+    n = system.n_electrons.astype(f_orth.dtype)
+    p_orth = jax.vmap(_overlap_projector)(f_orth, _orthogonal_density(reference, system), n)
+    x = system.orthogonalizer
+    return jnp.einsum("mi,sij,nj->smn", x, p_orth, x)
+
+
+def _orthogonal_density(density, system):
+    """Xᵀ S Pσ S X per spin: the density matrices in the orthonormal basis of the orthogonaliser."""
+    x, s = system.orthogonalizer, system.overlap
+    return jnp.einsum("mi,mk,skl,ln,nj->sij", x, s, density, s, x)
+
+
+def maximum_overlap_occupations(
+    coefficients: Float[Array, "2 nao nmo"], density: Float[Array, "2 nao nao"], system: System
+) -> Float[Array, "2 nmo"]:
+    """Occupations `(2, nmo)`, 0 or 1: 1 for the n_α (n_β) orbitals `coefficients` (AO
+    coefficients, S-orthonormal, e.g. from [`orbitals`][nlxc.scf.orbitals]) that overlap most
+    with the occupied space of the idempotent `density` `(2, nao, nao)`, overlap cᵢᵀ S Pσ S cᵢ.
+    The occupations of `density` in that orbital basis (maximum overlap method: Gilbert, Besley
+    and Gill, doi:10.1021/jp801738f). Not differentiable (piecewise constant)."""
+    s = system.overlap
+    c = jax.lax.stop_gradient(coefficients)
+    overlaps = jnp.einsum("smi,mk,skl,ln,sni->si", c, s, jax.lax.stop_gradient(density), s, c)
+    n = system.n_electrons.astype(overlaps.dtype)
+    return jax.vmap(_top_occupations)(overlaps, n)
+
+
+def is_aufbau(orbital_energies: Float[Array, "2 nmo"], occupations: Float[Array, "2 nmo"]) -> Bool[Array, ""]:
+    """Whether no occupied orbital (occupation > ½) lies above a virtual one (occupation < ½)
+    of the same spin: the occupations are aufbau (ties count as aufbau). `orbital_energies`
+    `(2, nmo)` in Hartree, `occupations` `(2, nmo)`; a boolean scalar."""
+    occupied = occupations > 0.5
+    highest = jnp.max(jnp.where(occupied, orbital_energies, -jnp.inf), axis=-1)
+    lowest = jnp.min(jnp.where(occupied, jnp.inf, orbital_energies), axis=-1)
+    return jnp.all(highest <= lowest)
 
 
 def occupations_of(

@@ -14,7 +14,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from ..system import System
 from ..xc import AbstractFunctional
-from ._aufbau import FermiDirac, density_from_fock, level_shifted
+from ._aufbau import FermiDirac, density_from_fock, level_shifted, maximum_overlap_density
 from ._energy import energy_and_fock
 
 
@@ -25,17 +25,27 @@ class SCFArguments(eqx.Module):
     - `system`: the [`nlxc.System`][].
     - `level_shift`: the virtual-orbital shift used while iterating, Hartree (scalar).
     - `smearing`: `None` (aufbau) or [`nlxc.scf.FermiDirac`][].
+    - `maximum_overlap` (static, default `False`): the SCF map keeps the occupations of its input
+      (maximum overlap, [`nlxc.scf.maximum_overlap_density`][]) instead of filling the lowest
+      orbitals; the Newton fallback of [`nlxc.scf.solve`][] iterates with it, so that a
+      stationary point whose occupations are not aufbau is a fixed point too (and its implicit
+      derivative holds those occupations fixed). Aufbau occupations only (`smearing` `None`).
     """
 
     functional: AbstractFunctional
     system: System
     level_shift: Float[Array, ""]
     smearing: FermiDirac | None
+    maximum_overlap: bool = eqx.field(static=True, default=False)
 
     def with_level_shift(self, level_shift: float) -> SCFArguments:
         """The same arguments with another `level_shift` (Hartree), in this one's dtype."""
         return SCFArguments(self.functional, self.system, jnp.asarray(level_shift, self.level_shift.dtype),
-                            self.smearing)
+                            self.smearing, self.maximum_overlap)
+
+    def with_maximum_overlap(self) -> SCFArguments:
+        """The same arguments for the maximum-overlap SCF map (`maximum_overlap=True`)."""
+        return SCFArguments(self.functional, self.system, self.level_shift, self.smearing, True)
 
 
 class SCFAux(eqx.Module):
@@ -56,13 +66,22 @@ def scf_map(density: Float[Array, "2 nao nao"], args: SCFArguments) -> tuple[Flo
     F(P) = ∂E/∂P is the Fock matrix (automatic differentiation of the total energy), b the
     `args.level_shift` (Hartree; Saunders & Hillier, Int. J. Quantum Chem. 7, 699 (1973),
     doi:10.1002/qua.560070407, which raises the virtual orbitals and leaves the fixed point
-    unchanged) and D the aufbau (or `args.smearing`) density matrix of the lowest eigenvectors.
+    unchanged) and D the aufbau (or `args.smearing`) density matrix of the lowest eigenvectors,
+    or, with `args.maximum_overlap`, of the eigenvectors of maximum overlap with `density`
+    ([`nlxc.scf.maximum_overlap_density`][]: the same where `density`'s occupied orbitals are
+    the lowest).
 
     **Returns:** the new α/β density matrices `(2, nao, nao)`, and an [`SCFAux`][nlxc.scf.SCFAux]
     with the energy and the (unshifted) Fock matrices of `density`.
+
+    **Raises:** `ValueError` (when traced) for `args.maximum_overlap` with `args.smearing`.
     """
     components, fock = energy_and_fock(args.functional, args.system, density)
     shifted = level_shifted(fock, density, args.system, args.level_shift)
+    if args.maximum_overlap:
+        if args.smearing is not None:
+            raise ValueError("the maximum-overlap SCF map needs aufbau occupations (smearing None)")
+        return maximum_overlap_density(shifted, density, args.system), SCFAux(components.total, fock)
     return density_from_fock(shifted, args.system, args.smearing), SCFAux(components.total, fock)
 
 

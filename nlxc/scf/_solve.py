@@ -11,7 +11,7 @@ from .._errors import InputError
 from ..system import System
 from ..xc import AbstractFunctional
 from ._adjoint import AbstractSCFAdjoint, ImplicitAdjoint, as_scf_adjoint
-from ._aufbau import FermiDirac, occupations_of, orbitals
+from ._aufbau import FermiDirac, is_aufbau, maximum_overlap_occupations, occupations_of, orbitals
 from ._base import AbstractSCFSolver, SCFArguments, scf_map
 from ._cdiis import CDIIS
 from ._energy import EnergyComponents, energy_and_fock
@@ -29,7 +29,9 @@ class SCFResult(eqx.Module):
     - `fock_matrix`: F(P*) = ∂E/∂P at P*, `(2, nao, nao)`, Hartree.
     - `orbital_coefficients`: eigenvectors of F(P*), `(2, nao, nmo)`.
     - `orbital_energies`: its eigenvalues, ascending, `(2, nmo)`, Hartree.
-    - `occupations`: aufbau occupations, `(2, nmo)`.
+    - `occupations`: the occupations of those orbitals in P*, `(2, nmo)`: aufbau (the n_α, n_β
+      lowest), Fermi–Dirac with `smearing`, or, where `aufbau` is `False`, 1 for the orbitals of
+      maximum overlap with P* ([`nlxc.scf.maximum_overlap_occupations`][]).
     - `n_iterations`: number of SCF iterations, over all strategies (integer scalar; a Newton
       step of the fallback counts as one iteration although it costs several Fock builds).
     - `converged`: whether the solve met its tolerance with finite numbers (boolean scalar).
@@ -37,6 +39,13 @@ class SCFResult(eqx.Module):
       `fallback` after `solver` stagnated, 2 the `fallback` after the stability analysis found
       `solver`'s state to be a saddle point and rotated it downhill (integer scalar).
     - `result`: optimistix's `RESULTS` code; `optimistix.RESULTS[result]` reads it.
+    - `aufbau`: whether the occupied orbitals of P* are the lowest of F(P*) in each spin
+      (boolean scalar; [`nlxc.scf.is_aufbau`][] of `orbital_energies` and the occupations of P*;
+      `True` with `smearing`). A converged result with `aufbau` `False` is a stationary point of
+      the energy (orbital gradient Xᵀ(F P S − S P F)X below the fallback's `gradient_atol`) at which an
+      occupied orbital lies above a virtual one of the same spin: no aufbau fixed point
+      P = D(F(P)) exists near it (e.g. NO with SVWN in def2-SVP, where PySCF's `mf.newton()`
+      finds the same minimum). Only the Newton fallback converges to such a point.
     - `history`: an [`SCFHistory`][nlxc.scf.SCFHistory] for unrolled solves, else `None`.
 
     Arrays gain a leading batch axis under `jax.vmap`.
@@ -53,6 +62,7 @@ class SCFResult(eqx.Module):
     converged: Bool[Array, ""]
     result: optx.RESULTS
     strategy: Int[Array, ""]
+    aufbau: Bool[Array, ""]
     history: SCFHistory | None = None
 
 
@@ -73,7 +83,9 @@ def solve(
 
     The SCF is the fixed point P* = D(F(P*)) of the α/β density matrix, where F = ∂E/∂P is the
     Fock matrix obtained by automatic differentiation of the total energy and D builds the
-    aufbau density matrix from the lowest eigenvectors of F C = S C ε. It is solved by an
+    aufbau density matrix from the lowest eigenvectors of F C = S C ε. Where no such fixed point
+    exists near the energy minimum, the Newton fallback converges to the stationary point of the
+    energy there (F P S = S P F) and `SCFResult.aufbau` is `False`. It is solved by an
     optimistix fixed-point solver (default: [`nlxc.scf.CDIIS`][], Pulay's commutator DIIS) inside one compiled
     `while_loop`, so `solve` is pure, jit-able, and works under `jax.vmap` over Systems of equal
     shapes.
@@ -92,7 +104,9 @@ def solve(
       occupations, an implicit adjoint (`optimistix.ImplicitAdjoint`, which differentiates the
       fixed point however it was found; an adjoint that differentiates the iterations runs
       `solver` alone); `SCFResult.strategy` says which solver finished.
-      When `solver` converges by itself the fallback takes no step.
+      When `solver` converges by itself the fallback takes no step. Where no aufbau fixed point
+      exists near the energy minimum, the fallback converges to the stationary point there with
+      its non-aufbau occupations (`SCFResult.aufbau` `False`; see `SCFResult`).
     - `stability`: for unrestricted Systems, with the fallback, the
       [`nlxc.scf.StabilityAnalysis`][] of the state `solver` converged to (default): a saddle
       point of the energy (seen with degenerate open shells, e.g. C and O with r2SCAN) is
@@ -181,6 +195,13 @@ def _solve(functional: AbstractFunctional, system: System, strategy: AbstractSCF
     energies, coefficients = orbitals(fock, system)
     energy = components.total
     converged = (result == optx.RESULTS.successful) & jnp.isfinite(energy)
+    occupations = occupations_of(energies, system, smearing)
+    aufbau = jnp.asarray(True)
+    if smearing is None:
+        # the occupations of P* itself: aufbau, or those of a non-aufbau stationary point
+        held = maximum_overlap_occupations(coefficients, p, system)
+        aufbau = is_aufbau(energies, held)
+        occupations = jnp.where(aufbau, occupations, held)
     return SCFResult(
         energy=energy,
         components=components,
@@ -188,10 +209,11 @@ def _solve(functional: AbstractFunctional, system: System, strategy: AbstractSCF
         fock_matrix=fock,
         orbital_coefficients=coefficients,
         orbital_energies=energies,
-        occupations=occupations_of(energies, system, smearing),
+        occupations=occupations,
         n_iterations=found.n_iterations,
         converged=converged,
         result=result,
         strategy=found.strategy,
+        aufbau=aufbau,
         history=found.history,
     )

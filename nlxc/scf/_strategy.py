@@ -100,7 +100,15 @@ class WithFallback(AbstractSCFStrategy):
     finds the point). When the primary solver has converged, the fallback starts from a converged
     point and takes no step (the common case costs nothing extra, and under `jax.vmap` the
     fallback's loop runs only while some member of the batch needs it). At a saddle point the
-    stability analysis rotates the state downhill and the fallback converges from there."""
+    stability analysis rotates the state downhill and the fallback converges from there.
+
+    The fallback iterates the SCF map with maximum-overlap occupations
+    (`SCFArguments.with_maximum_overlap`): where
+    its occupied orbitals are the lowest this is the aufbau map, so aufbau fixed points are found
+    and differentiated as before; where no aufbau fixed point exists near the minimum
+    ([`nlxc.scf.OrbitalNewton`][]) the fallback may converge to a stationary point whose
+    occupations are not aufbau, which is a fixed point of that map, and the implicit adjoint
+    differentiates it with those occupations held fixed."""
 
     solver: AbstractSCFSolver
     fallback: AbstractSCFSolver
@@ -119,9 +127,13 @@ class WithFallback(AbstractSCFStrategy):
         done = first.result == optx.RESULTS.successful
         start, moved = self._follow(first.value, args, done)
         done = done & ~moved
-        # the fallback's own level shift (the fixed point does not depend on it, so the adjoint does not)
+        # the fallback's own level shift (the fixed point does not depend on it, so the adjoint does
+        # not), and the maximum-overlap map: its fixed points are the aufbau ones and the stationary
+        # points whose occupations are not aufbau, where the fallback may also converge; the
+        # implicit adjoint differentiates it with the occupations of the state found held fixed
         second = optx.fixed_point(
-            fn, self.fallback, stop_gradient(start), args=args.with_level_shift(self.fallback.level_shift),
+            fn, self.fallback, stop_gradient(start),
+            args=args.with_level_shift(self.fallback.level_shift).with_maximum_overlap(),
             has_aux=True, max_steps=max_steps,
             options={"budget": max_steps - n_first, "converged": done, "patience": self.fallback.patience},
             adjoint=adjoint, throw=False,

@@ -83,9 +83,12 @@ def test_default_solve_converges_to_the_non_aufbau_minimum_that_pyscf_newton_fin
     occupations = np.asarray(result.occupations)
     np.testing.assert_array_equal(occupations.sum(axis=1), mol.nelec)
     c = np.asarray(result.orbital_coefficients)
+    # (to 1e-5: the state is converged by its orbital gradient, 1e-6 Ha, along a nearly free
+    # rotation, so P* and the projector on F(P*)'s orbitals differ at that level: 2.7e-6 measured
+    # in a fresh venv with PySCF 2.15, below 1e-6 in another run)
     for k in range(2):
         occupied = c[k][:, occupations[k] > 0.5]
-        np.testing.assert_allclose(occupied @ occupied.T, dm[k], atol=1e-6)
+        np.testing.assert_allclose(occupied @ occupied.T, dm[k], atol=1e-5)
     homo, lumo = nlxc.homo_lumo(result.orbital_energies, result.occupations)
     assert float(homo) > float(lumo)
     assert float(homo) - float(lumo) == pytest.approx(

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Int
 
+from .models import prepare_system
 from .scf import solve
 from .system import BlockLayout, System, pad_system
 
@@ -107,7 +108,8 @@ def stack(systems: Sequence[System]) -> System:
     if len({s.restricted for s in systems}) > 1:
         systems = [as_unrestricted(s) for s in systems]
     if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(systems[0])):
-        return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *systems)
+        # one transfer per array, compiling nothing (jnp.asarray would compile a program per shape)
+        return jax.tree.map(lambda *xs: jax.device_put(np.stack(xs)), *systems)
     return jax.tree.map(lambda *xs: jnp.stack(xs), *systems)
 
 
@@ -203,7 +205,8 @@ def merge_block_groups(layout: BlockLayout, max_groups: int) -> BlockLayout:
         i = back[k, j] if k > 1 else -1
         merged.append((sizes[j], int(below[j + 1] - below[i + 1])))
         j, k = i, k - 1
-    return BlockLayout(layout.block_size, tuple(sorted(merged)))
+    # keeps the layout's other static sizes (the basis data of recomputed AO blocks)
+    return dataclasses.replace(layout, groups=tuple(sorted(merged)))
 
 
 class Batch(eqx.Module):
@@ -294,8 +297,8 @@ def make_batches(
             batches.append(
                 Batch(
                     system=stack(padded),
-                    index=jnp.asarray(chunk + [-1] * fill, dtype=jnp.int32),
-                    mask=jnp.asarray([True] * len(chunk) + [False] * fill),
+                    index=jax.device_put(np.asarray(chunk + [-1] * fill, dtype=np.int32)),
+                    mask=jax.device_put(np.asarray([True] * len(chunk) + [False] * fill)),
                 )
             )
     return batches
@@ -305,10 +308,15 @@ def solve_batch(functional, system: System, **kwargs):
     """`jax.vmap` of [`nlxc.solve`][] over the leading axis of a stacked `system`.
 
     The functional is shared by every molecule; `kwargs` go to `solve` (they must not be
-    batched). Equivalent to `jax.vmap(lambda s: solve(functional, s, **kwargs))(system)`.
+    batched). Equivalent to `jax.vmap(lambda s: solve(functional, s, **kwargs))(system)`,
+    after [`nlxc.models.prepare_system`][] has computed the functional's geometry-only data
+    (neighbour lists) for each molecule on the host when `system` is concrete, so that the
+    compiled SCF holds no host callback. Call `prepare_system` yourself before a `jax.jit` of
+    your own around `solve_batch`.
 
     **Returns:** an [`nlxc.SCFResult`][] whose arrays have a leading batch axis.
     """
+    system = prepare_system(functional, system)
     return eqx.filter_vmap(lambda s: solve(functional, s, **kwargs))(system)
 
 

@@ -7,7 +7,9 @@ basis, grid and auxiliary basis, and reports the mean absolute and root-mean-squ
 the reaction energies in kcal/mol against the set's references. The PySCF calculations are the
 density-fitted ones of [`nlxc.data.compute_references`][] (JK-fit auxiliary basis, no density
 cut-off on the grid, minao guess) and are cached in an HDF5 file, so a second evaluation of the
-same set costs only the nlxc SCFs.
+same set costs only the nlxc SCFs. A failed calculation (a PySCF baseline whose SCF did not
+converge, an nlxc SCF that did not) is a value: its reactions are left out of that method's
+statistics and named, with the reason, in the report ([`format_report`][nlxc.evaluation.format_report]).
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from .data import (
     compute_references,
 )
 from .system import MAX_GRID_LEVEL, System, check_basis
+from .models import prepare_system
 from .xc import required_grid_operators
 
 __all__ = ["BENCHMARK_SETS", "baseline_energies", "baseline_label", "baseline_results", "check_request",
            "common_subset",
-           "error_statistics", "evaluate", "format_table", "plot_parity"]
+           "error_statistics", "evaluate", "format_report", "format_table", "plot_parity"]
 
 BENCHMARK_SETS = ("default", "g2", "g2_1", "g2_2", "w4-11")
 """Names accepted by [`evaluate`][nlxc.evaluation.evaluate] (and `nlxc evaluate --set`)."""
@@ -109,7 +112,9 @@ def solve_molecules(functional, molecules, basis: str, grid_level: int, *, max_s
     energies, converged = {}, {}
     batches = make_batches(systems, max_buckets=max_buckets)
     for batch in tqdm(batches, desc="nlxc SCF", unit="batch", disable=not progress, dynamic_ncols=True):
-        e, c = _forward(functional, batch.system, max_steps)
+        # geometry-only model data (neighbour lists, D3) computed here, outside jit, so the compiled
+        # SCF holds no host callback and JAX's persistent compilation cache can keep it
+        e, c = _forward(functional, prepare_system(functional, batch.system), max_steps)
         for i, m, ei, ci in zip(np.asarray(batch.index), np.asarray(batch.mask), np.asarray(e), np.asarray(c)):
             if m:
                 energies[molecules[int(i)].name] = float(ei)
@@ -223,29 +228,48 @@ def evaluate(functional, *, set_name: str, basis: str, grid_level: int, molecule
     - `label`: the name of the trained functional's row.
     - `progress`: show `tqdm` progress bars on standard error (Systems, nlxc SCFs, PySCF).
 
-    **Returns:** a dict with `set`, `basis`, `grid_level`, `reactions` (names), `methods`:
-    `{label: {"mae", "rmse", "max", "n"}}` in kcal/mol over the reactions whose species all
-    converged, `excluded` (per method, the reactions left out because a species' SCF did not
-    converge), `per_reaction` (reaction energies, kcal/mol, per method and the reference), and
+    A PySCF baseline calculation that fails (an SCF not converged in its 100 cycles, or any
+    other error of one calculation; see [`baseline_results`][nlxc.evaluation.baseline_results])
+    is a value, like an nlxc SCF that does not converge in `max_steps`: the reactions that need
+    that species are left out of that method's statistics, and the report says which and why.
+
+    **Returns:** a dict with `set`, `basis`, `grid_level`, `reactions` (names), `species`
+    (`{reaction: [species names]}`), `methods`: `{label: {"mae", "rmse", "max", "n",
+    "excluded"}}` in kcal/mol over the `n` reactions whose species all succeeded (`excluded`:
+    how many were left out), `excluded` (per method, the names of the reactions left out),
+    `failures` (per method, `{species: one-line reason}` for every species whose nlxc SCF did
+    not converge or whose PySCF calculation failed; `{}` when none), `per_reaction` (reaction
+    energies, kcal/mol, per method and the reference; a left-out reaction has no entry), and
     `common`: the statistics over the reactions every method solved
     ([`common_subset`][nlxc.evaluation.common_subset]).
 
     **Raises:** [`nlxc.InputError`][] before any calculation, as
     `nlxc.evaluation.check_request` raises it: for an unknown set, reaction
-    name or baseline method, an unknown basis, or a grid level outside 0–9.
+    name or baseline method, an unknown basis, or a grid level outside 0–9;
+    [`nlxc.data.DatasetError`][] for a corrupt `cache` or one of another basis or grid level.
     """
     bench = check_request(set_name, molecules=molecules, baselines=baselines, basis=basis, grid_level=grid_level)
     cache = cache or f"nlxc-evaluation-{set_name.lower()}-{basis.lower()}-{grid_level}.h5"
     energies, converged = solve_molecules(functional, bench.molecules, basis, grid_level, max_steps=max_steps,
                                           progress=progress)
+    species = [m.name for m in bench.molecules]
     methods = {label: (energies, converged)}
+    failures = {label: {n: f"nlxc SCF did not converge in {max_steps} iterations"
+                        for n in species if not converged.get(n, False)}}
     if baselines:
-        pyscf = baseline_energies(bench.molecules, baselines, basis, grid_level, cache, processes, progress)
+        # a PySCF calculation that failed (e.g. an SCF not converged in its cycles) is a value:
+        # flagged, its message kept, and the reactions it enters left out of that baseline's statistics
+        pyscf, failed = baseline_results(bench.molecules, baselines, basis, grid_level, cache, processes, progress)
         for m in baselines:
-            methods[baseline_label(m)] = (pyscf[m], {n: True for n in pyscf[m]})
+            name = baseline_label(m)
+            ok = {n: n in pyscf[m] and n not in failed[m] for n in species}
+            methods[name] = (pyscf[m], ok)
+            failures[name] = {n: failed[m].get(n, "no PySCF result") for n in species if not ok[n]}
     reference = {r.name: r.reference / KCAL_PER_MOL for r in bench.reactions}
     out = {"set": bench.name, "basis": basis, "grid_level": grid_level,
-           "reactions": [r.name for r in bench.reactions], "methods": {}, "excluded": {},
+           "reactions": [r.name for r in bench.reactions],
+           "species": {r.name: list(r.species) for r in bench.reactions},
+           "methods": {}, "excluded": {}, "failures": failures,
            "per_reaction": {"reference": reference}}
     for name, (e, c) in methods.items():
         values, errors, excluded = {}, [], []
@@ -255,11 +279,59 @@ def evaluate(functional, *, set_name: str, basis: str, grid_level: int, molecule
                 continue
             values[r.name] = r.energy(e) / KCAL_PER_MOL
             errors.append(values[r.name] - reference[r.name])
-        out["methods"][name] = error_statistics(errors)
+        out["methods"][name] = {**error_statistics(errors), "excluded": len(excluded)}
         out["excluded"][name] = excluded
         out["per_reaction"][name] = values
     out["common"] = common_subset(out)
     return out
+
+
+def format_report(report: dict, title: str) -> str:
+    """The text of an [`evaluate`][nlxc.evaluation.evaluate] report, as `nlxc evaluate` prints it.
+
+    A table of the error statistics (kcal/mol) of every method under `title` (see
+    [`format_table`][nlxc.evaluation.format_table]). When some method left reactions out (a
+    species whose SCF did not converge, or whose PySCF calculation failed), nothing is dropped
+    silently: the table gets an `excluded` column; a line per such method says over how many
+    reactions its statistics are (`PBE (PySCF): MAE over 54 of 55 reactions (left out: CH4)`); a
+    table of the left-out reactions gives every method's error there, `—[k]` where that method
+    left the reaction out, with the note `[k]` naming the method, the species and why; and a
+    last table compares the methods over the reactions that every method solved
+    ([`common_subset`][nlxc.evaluation.common_subset]).
+    """
+    lines = [format_table(list(report["methods"].items()), title)]
+    excluded = report["excluded"]
+    if not any(excluded.values()):
+        return lines[0]
+    total = len(report["reactions"])
+    for name, left_out in excluded.items():
+        if left_out:
+            lines.append(f"{name}: MAE over {total - len(left_out)} of {total} reactions "
+                         f"(left out: {', '.join(left_out)})")
+    methods = list(report["methods"])
+    notes: dict[tuple[str, str], int] = {}
+    failures = report["failures"]
+    reference = report["per_reaction"]["reference"]
+    width = max([len(r) for r in report["reactions"]] + [8]) + 2
+    columns = [max(len(m) + 2, 12) for m in methods]
+    rows = []
+    for r in report["reactions"]:
+        if not any(r in excluded[m] for m in methods):
+            continue
+        cells = []
+        for m, w in zip(methods, columns):
+            if r in report["per_reaction"][m]:
+                cells.append(f"{report['per_reaction'][m][r] - reference[r]:>{w}.2f}")
+                continue
+            failed = [s for s in report["species"][r] if s in failures[m]]
+            keys = [notes.setdefault((m, s), len(notes) + 1) for s in failed]
+            cells.append(f"{'—' + ('[' + ','.join(map(str, keys)) + ']' if keys else ''):>{w}}")
+        rows.append(f"{r:<{width}}" + "".join(cells))
+    lines += ["", "errors (kcal/mol) of the reactions left out of some method's statistics; —: left out",
+              f"{'reaction':<{width}}" + "".join(f"{m:>{w}}" for m, w in zip(methods, columns)), *rows]
+    lines += [f"[{k}] {m}, {s}: {failures[m][s]}" for (m, s), k in notes.items()]
+    lines += ["", format_table(list(report["common"].items()), "the same, over the reactions every method solved")]
+    return "\n".join(lines)
 
 
 def common_subset(report: dict) -> dict:

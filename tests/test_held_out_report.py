@@ -80,3 +80,70 @@ def test_format_table_shows_excluded_only_when_something_was_left_out():
     assert lines[1].split()[-1] == "excluded"
     assert lines[2].split() == ["a", "1.00", "1.00", "1.00", "3", "0"]
     assert lines[3].split() == ["b", "n/a", "n/a", "n/a", "0", "2"]
+
+
+def test_evaluate_command_marks_a_failed_pyscf_baseline(tmp_path, monkeypatch, capsys):
+    """`nlxc evaluate`: a PySCF baseline whose SCF does not converge is shown as `—` with a note
+    naming the molecule, the functional and why, left out of that baseline's statistics with the
+    count said, recorded in the JSON, and the command still exits with 0.
+
+    The checkpoint is a stored one; its own SCFs are replaced (at `nlxc.evaluation.solve_molecules`)
+    by given energies, so that no JAX compilation is needed."""
+    import os
+
+    import nlxc.evaluation
+    from nlxc.cli import main
+    from nlxc.data import default_set
+
+    checkpoint = os.path.join(os.path.dirname(__file__), "data", "checkpoints_e355430",
+                              "AtomCentredCorrection-pbe.eqx")
+    bench = default_set().subset(["LiH", "HF"])
+    molecules = {m.name: m for m in bench.molecules}
+    assert sorted(molecules) == ["F", "H", "HF", "Li", "LiH"]
+    cache = tmp_path / "evaluation.h5"
+    pbe = compute_references([molecules[n] for n in ("F", "H", "Li", "LiH")], cache, methods=("pbe",),
+                             **SETTINGS).energies("pbe")
+    # the "trained" energies: PBE's, and HF 1 mHa below its reference atomization energy
+    trained = {**pbe, "HF": pbe["H"] + pbe["F"] - bench.reaction("HF").reference - 1e-3}
+    # what evaluate still has to compute, PBE of HF, cannot converge in one SCF cycle
+    monkeypatch.setattr(_pyscf_worker, "SCF_MAX_CYCLE", 1)
+
+    def solve_molecules(functional, mols, basis, grid_level, **options):
+        return {m.name: trained[m.name] for m in mols}, {m.name: True for m in mols}
+
+    monkeypatch.setattr(nlxc.evaluation, "solve_molecules", solve_molecules)
+    args = ["evaluate", checkpoint, "--set", "default", "--molecules", "LiH,HF", "--baselines", "pbe",
+            "--basis", "sto-3g", "--grid-level", "0", "--cache", str(cache), "--no-progress"]
+
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    reference = {r.name: r.reference / KCAL_PER_MOL for r in bench.reactions}
+
+    def error(energies, name):
+        return bench.reaction(name).energy(energies) / KCAL_PER_MOL - reference[name]
+
+    assert report["failures"]["nlxc (trained)"] == {} and list(report["failures"]["PBE (PySCF)"]) == ["HF"]
+    assert "SCF did not converge in 1 cycles" in report["failures"]["PBE (PySCF)"]["HF"]
+    assert report["excluded"] == {"nlxc (trained)": [], "PBE (PySCF)": ["HF"]}
+    stats = report["methods"]["PBE (PySCF)"]
+    assert (stats["n"], stats["excluded"]) == (1, 1)
+    assert stats["mae"] == pytest.approx(abs(error(pbe, "LiH")), abs=1e-9)
+    assert "HF" not in report["per_reaction"]["PBE (PySCF)"]
+    stats = report["methods"]["nlxc (trained)"]
+    assert (stats["n"], stats["excluded"]) == (2, 0) and error(trained, "HF") == pytest.approx(1e-3 / KCAL_PER_MOL)
+    assert stats["mae"] == pytest.approx(np.mean([abs(error(trained, r)) for r in ("LiH", "HF")]), abs=1e-9)
+    assert report["common"]["nlxc (trained)"]["n"] == 1
+    assert report["common"]["nlxc (trained)"]["mae"] == pytest.approx(abs(error(pbe, "LiH")), abs=1e-9)
+
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "Traceback" not in captured.err and "nan" not in text.lower()
+    assert "PBE (PySCF): MAE over 1 of 2 reactions (left out: HF)" in text
+    rows = [line.split() for line in text.splitlines() if line.startswith("PBE (PySCF)  ")]
+    assert len(rows) == 2, text  # the main table, then the one over the reactions every method solved
+    assert rows[0] == ["PBE", "(PySCF)", *(f"{abs(error(pbe, 'LiH')):.2f}",) * 3, "1", "1"], text
+    assert rows[1][-1] == "1" and "excluded" not in text.split("every method solved")[1]
+    left_out = [line.split() for line in text.splitlines() if line.startswith("HF ")]
+    assert left_out == [["HF", f"{error(trained, 'HF'):.2f}", "—[1]"]], text
+    assert "[1] PBE (PySCF), HF: RuntimeError: KS SCF did not converge in 1 cycles" in text

@@ -225,6 +225,36 @@ def test_neighbour_lists_match_brute_force(fragments):
     assert not np.asarray(gn.mask)[weights == 0].any()
 
 
+def test_prepared_batch_carries_the_lists_and_its_scf_holds_no_host_callback():
+    """`nlxc.models.prepare_system` builds the neighbour lists on the host, per molecule of a padded
+    batch: the same integers as the host callback under `vmap`, carried by the batched System, so
+    the vmapped SCF of a prepared batch lowers without a host callback (JAX's persistent
+    compilation cache can store it); an unprepared System traced inside `jit` still falls back to
+    the callback."""
+    from pyscf import gto
+
+    systems = [nlxc.System.from_pyscf(gto.M(atom=atoms, basis="sto-3g", verbose=0), grid_level=0)
+               for atoms in ("H 0 0 0; H 0 0 0.74", "Li 0 0 0; H 0 0 1.6")]
+    model = AtomCentredCorrection(width=4, depth=1, embedding_dim=2, key=jr.key(0))
+    functional = nlxc.get_functional("pbe") + model
+    batch = nlxc.batch.make_batches(systems, max_buckets=1)[0]
+    prepared = nlxc.models.prepare_system(functional, batch.system)
+    (key,) = model.precomputed_keys
+    ours = prepared.precomputed[key]
+    callback = jax.vmap(lambda s: atom_neighbours(s.grid_coords, s.grid_weights, s.atom_coords, s.atom_charges,
+                                                  model.neighbour_cutoff, model.max_atoms))(batch.system)
+    for name in ("index", "mask", "overflow", "image", "translations"):
+        a, b = getattr(ours, name), getattr(callback, name)
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), name
+    assert np.asarray(ours.mask).any()
+
+    def energies(system):
+        return nlxc.batch.solve_batch(functional, system, max_steps=2, fallback=None, stability=None).energy
+
+    assert "callback" not in jax.jit(energies).lower(prepared).as_text()
+    assert "callback" in jax.jit(energies).lower(batch.system).as_text()
+
+
 def test_writing_your_own_model_example_runs(capsys):
     """The complete example of docs/models.md ("Writing your own model") runs as written: a
     user-defined AbstractFunctional that declares its grid operators, composed with PBE by `+`,

@@ -195,6 +195,25 @@ def test_skala_configs_train_the_weights_they_say():
     assert sum(a.size for a in _arrays(params)) == sum(a.size for a in _arrays(functional.terms[1])) < 1000
 
 
+def test_prepare_system_computes_skalas_geometry_data_on_the_host():
+    """`nlxc.models.prepare_system` stores Skala's 5-Bohr neighbour list and (with `dftd3`) its
+    D3(BJ) energy in the System, equal to what `prepare` computes with host callbacks (simple-DFT-D3
+    called through `jax.pure_callback`), so the prepared model is the same either way."""
+    mol = Molecule.from_geometry("LiH", GEOMETRIES["LiH"]).to_mole(BASIS)
+    system = nlxc.System.from_pyscf(mol, grid_level=GRID_LEVEL)
+    model = Skala(dispersion=BASELINE == "skala")
+    prepared = nlxc.models.prepare_system(model, system)
+    assert set(prepared.precomputed) == set(model.precomputed_keys)
+    assert len(model.precomputed_keys) == 1 + model.dispersion
+    ours = model.prepare(prepared)  # from the System
+    theirs = eqx.filter_jit(lambda m, s: m.prepare(s))(model, system)  # from host callbacks
+    for a, b in zip(jax.tree.leaves((ours.neighbours, ours.dispersion_energy)),
+                    jax.tree.leaves((theirs.neighbours, theirs.dispersion_energy))):
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+    if model.dispersion:
+        assert float(ours.dispersion_energy) < 0.0
+    assert nlxc.models.prepare_system(model, prepared) is prepared  # nothing left to compute
+
 @pytest.mark.slow
 def test_fully_trainable_skala_trains_and_resumes_through_the_cli(dataset_path, tmp_path):
     out = tmp_path / "uninterrupted"

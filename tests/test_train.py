@@ -145,8 +145,9 @@ def _pyscf_energy(name, xc, *, g2_geometry=False):
 
 
 @pytest.mark.slow  # moved from the default suite to keep it under 20 min cold / 8 min warm (2026-12-07 evening):
-# 125 s cold and 98 s warm (its AtomCentredCorrection's neighbour-list callback keeps the
-# compiled step out of the persistent cache)
+# 125 s cold and 98 s warm then, when its AtomCentredCorrection's neighbour-list callback kept the
+# compiled step out of the persistent cache; the lists are now built on the host
+# (nlxc.models.prepare_system), so the step is cached (`nlxc evaluate`'s SCF still holds the callback)
 def test_cli_train_and_evaluate_beside_pyscf(dataset_path, tmp_path, capsys):
     out = tmp_path / "cli"
     config = tmp_path / "tiny.toml"

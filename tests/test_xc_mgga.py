@@ -44,9 +44,17 @@ import numpy as np
 import pytest
 from pyscf.dft import libxc
 from xc_reference import (
+    MPMATH_DIGITS,
+    PBE_BETA,
+    PW92_MOD_DIGITS,
     libxc_polarized,
     libxc_unpolarized,
     molecular_polarized_density,
+    mp_fz,
+    mp_pbe_gamma,
+    mp_phi,
+    mp_pw92_eps,
+    mp_spin,
     nlxc_polarized,
     nlxc_unpolarized,
     random_polarized_density,
@@ -194,40 +202,25 @@ def _mpmath_correlation():
     directly from the papers (Sun et al. 2015, Suppl. Mat.; Furness et al. 2020, SI eqs. S24–S41)
     with libxc's constants (PW92 with PW_MOD parameters, G_c's 2.363, SCAN's f(α) set to 0 below
     DBL_EPSILON as in libxc 7), in mpmath: naive forms, 40 digits absorb every cancellation.
-    Both correlation functionals depend on τσ only through τ = τα + τβ and on σσσ' only through σ_t."""
+    Both correlation functionals depend on τσ only through τ = τα + τβ and on σσσ' only through σ_t.
+    PW92, f(ζ), φ(ζ) and PBE's β, γ are the ones of tests/xc_reference.py (shared with
+    tests/test_xc_semilocal.py)."""
     mp = pytest.importorskip("mpmath")
-    f, third = mp.mpf, mp.mpf(1) / 3
-    pw = [(f(a), f(a1), f(b1), f(b2), f(b3), f(b4)) for a, a1, b1, b2, b3, b4 in (
-        ("0.0310907", "0.21370", "7.5957", "3.5876", "1.6382", "0.49294"),
-        ("0.01554535", "0.20548", "14.1189", "6.1977", "3.3662", "0.62517"),
-        ("0.0168869", "0.11125", "10.357", "3.6231", "0.88026", "0.49671"))]
-    fz20, gamma = f("1.709920934161365617563962776245"), (1 - mp.log(2)) / mp.pi**2
-    b1c, b2c, b3c, chi, g_c = f("0.0285764"), f("0.0889"), f("0.125541"), f("0.12802585262625815"), f("2.363")
-    c1, c2, d, eta, dp2 = f("0.64"), f("1.5"), f("0.7"), f("0.001"), f("0.361")
-    fc = [f(c) for c in ("1", "-0.64", "-0.4352", "-1.535685604549", "3.061560252175", "-1.915710236206",
-                         "0.516884468372", "-0.051848879792")]
-
-    def fz(z):
-        return ((1 + z) ** (4 * third) + (1 - z) ** (4 * third) - 2) / (2 ** (4 * third) - 2)
-
-    def pw_g(k, rs):  # PW92's G(r_s) and dG/dr_s
-        a, a1, b1, b2, b3, b4 = pw[k]
-        q = b1 * mp.sqrt(rs) + b2 * rs + b3 * rs ** f(1.5) + b4 * rs**2
-        dq = b1 / (2 * mp.sqrt(rs)) + b2 + f(1.5) * b3 * mp.sqrt(rs) + 2 * b4 * rs
-        log = mp.log(1 + 1 / (2 * a * q))
-        dg = -2 * a * a1 * log + (1 + a1 * rs) * dq / (q**2 * (1 + 1 / (2 * a * q)))
-        return -2 * a * (1 + a1 * rs) * log, dg
+    f = mp.mpf
+    with mp.workdps(MPMATH_DIGITS):
+        third, gamma = mp.mpf(1) / 3, mp_pbe_gamma()
+        b1c, b2c, b3c, chi, g_c = f("0.0285764"), f("0.0889"), f("0.125541"), f("0.12802585262625815"), f("2.363")
+        c1, c2, d, eta, dp2 = f("0.64"), f("1.5"), f("0.7"), f("0.001"), f("0.361")
+        fc = [f(c) for c in ("1", "-0.64", "-0.4352", "-1.535685604549", "3.061560252175", "-1.915710236206",
+                             "0.516884468372", "-0.051848879792")]
+    fz = mp_fz
 
     def variables(ra, rb, st, ta, tb):
-        n = ra + rb
-        z = (ra - rb) / n
-        rs = (3 / (4 * mp.pi * n)) ** third
-        phi = ((1 + z) ** (2 * third) + (1 - z) ** (2 * third)) / 2
+        n, rs, z = mp_spin(ra, rb)
+        phi = mp_phi(z)
         ds = ((1 + z) ** (5 * third) + (1 - z) ** (5 * third)) / 2
         kf = (3 * mp.pi**2 * n) ** third
-        (g0, d0), (g1, d1), (g2, d2) = (pw_g(k, rs) for k in range(3))
-        eps_pw = g0 + z**4 * fz(z) * (g1 - g0 + g2 / fz20) - fz(z) * g2 / fz20
-        deps_pw = d0 + z**4 * fz(z) * (d1 - d0 + d2 / fz20) - fz(z) * d2 / fz20
+        eps_pw, deps_pw = mp_pw92_eps(rs, z, PW92_MOD_DIGITS)
         eclda0 = -b1c / (1 + b2c * mp.sqrt(rs) + b3c * rs)
         g_zeta = (1 - g_c * (2**third - 1) * fz(z)) * (1 - z**12)
         s2 = st / (2 * kf * n) ** 2
@@ -239,12 +232,13 @@ def _mpmath_correlation():
             "excess": ta + tb - st / (8 * n), "tau_w": st / (8 * n),  # τ − τ_W, τ_W
             "tau_unif": f(3) / 10 * (3 * mp.pi**2) ** (2 * third) * n ** (5 * third) * ds,
             "eps_pw": eps_pw, "deps_pw": deps_pw, "eclda0": eclda0, "g_zeta": g_zeta, "ec0": ec0,
-            "beta": f("0.066724550603149220") * (1 + f("0.1") * rs) / (1 + f("0.1778") * rs),
+            "beta": f(PBE_BETA) * (1 + f("0.1") * rs) / (1 + f("0.1778") * rs),
             "w1": mp.exp(-eps_pw / (gamma * phi**3)) - 1,
             "declda0": b1c * (b2c / (2 * mp.sqrt(rs)) + b3c) / (1 + b2c * mp.sqrt(rs) + b3c * rs) ** 2,
         }
 
-    log_eps = 52 * mp.log(2)
+    with mp.workdps(MPMATH_DIGITS):
+        log_eps = 52 * mp.log(2)
 
     def f_scan(a):
         if a <= 1:
@@ -281,7 +275,7 @@ def _mpmath_derivative(part, rho, sigma, tau, j, variable):
     """∂e/∂`variable` (one of "rho_a", "rho_b", "sigma_t", "tau_a", "tau_b") of the 40-digit
     reference at point j, as a float."""
     mp, functionals = _mpmath_correlation()
-    with mp.workdps(40):
+    with mp.workdps(MPMATH_DIGITS):
         x = [mp.mpf(float(v)) for v in (rho[0, j], rho[1, j], sigma[0, j] + 2 * sigma[1, j] + sigma[2, j],
                                         tau[0, j], tau[1, j])]
         i = ("rho_a", "rho_b", "sigma_t", "tau_a", "tau_b").index(variable)
@@ -519,7 +513,7 @@ def test_correlation_against_mpmath(part):
     exact = {"e": np.zeros(rho.shape[1]), "vrho": np.zeros_like(rho), "vsigma": np.zeros_like(sigma),
              "vtau": np.zeros_like(tau)}
     for j in range(rho.shape[1]):
-        with mp.workdps(40):
+        with mp.workdps(MPMATH_DIGITS):
             x = (rho[0, j], rho[1, j], sigma[0, j] + 2 * sigma[1, j] + sigma[2, j], tau[0, j], tau[1, j])
             exact["e"][j] = float(functionals[part](*(mp.mpf(float(v)) for v in x)))
         exact["vrho"][:, j] = [_mpmath_derivative(part, rho, sigma, tau, j, v) for v in ("rho_a", "rho_b")]

@@ -48,9 +48,18 @@ import numpy as np
 import pytest
 from pyscf.dft import libxc
 from xc_reference import (
+    MPMATH_DIGITS,
+    PBE_BETA,
+    PW92_DIGITS,
+    PW92_MOD_DIGITS,
     libxc_polarized,
     libxc_unpolarized,
     molecular_polarized_density,
+    mp_fz,
+    mp_pbe_gamma,
+    mp_phi,
+    mp_pw92_eps,
+    mp_spin,
     random_polarized_density,
     sigma_from_gradients,
 )
@@ -401,18 +410,14 @@ def test_parameter_gradients(name):
 
 def _mpmath_references():
     """Energy densities e(ρα, ρβ, σαα, σαβ, σββ) written directly from the papers/libxc formulas,
-    in mpmath (naive forms: 40 digits absorb every cancellation)."""
+    in mpmath (naive forms: 40 digits absorb every cancellation); PW92, f(ζ), φ(ζ) and PBE's β,
+    γ are the ones of tests/xc_reference.py (shared with tests/test_xc_mgga.py)."""
     mp = pytest.importorskip("mpmath")
     f = mp.mpf
-    third = f(1) / 3
-    xfc = f(3) / 8 * (3 / mp.pi) ** third * 4 ** (2 * third)
-
-    def spin(ra, rb):
-        n = ra + rb
-        return n, (3 / (4 * mp.pi * n)) ** third, (ra - rb) / n
-
-    def fz(z):
-        return ((1 + z) ** (4 * third) + (1 - z) ** (4 * third) - 2) / (2 ** (4 * third) - 2)
+    with mp.workdps(MPMATH_DIGITS):
+        third = f(1) / 3
+        xfc = f(3) / 8 * (3 / mp.pi) ** third * 4 ** (2 * third)
+    spin, fz = mp_spin, mp_fz
 
     def slater(ra, rb, *s):
         return -xfc * (ra ** (4 * third) + rb ** (4 * third))
@@ -439,20 +444,10 @@ def _mpmath_references():
         ef = vwn_aux("0.01554535", "20.1231", "101.578", "-0.743294", rs)
         return n * (ep * (1 - fz(z)) + ef * fz(z))
 
-    def pw_eps(rs, z, params):
-        def g(k):
-            a, a1 = f(str(params.a[k])), f(str(params.alpha1[k]))
-            b = [f(str(p[k])) for p in (params.beta1, params.beta2, params.beta3, params.beta4)]
-            q = b[0] * mp.sqrt(rs) + b[1] * rs + b[2] * rs ** f(1.5) + b[3] * rs**2
-            return -2 * a * (1 + a1 * rs) * mp.log(1 + 1 / (2 * a * q))
-
-        fz20 = f(str(params.fz20)) if params is PW92_PARAMS else f("1.709920934161365617563962776245")
-        return g(0) + z**4 * fz(z) * (g(1) - g(0) + g(2) / fz20) - fz(z) * g(2) / fz20
-
     def pw(params):
         def e(ra, rb, *s):
             n, rs, z = spin(ra, rb)
-            return n * pw_eps(rs, z, params)
+            return n * mp_pw92_eps(rs, z, params)[0]
 
         return e
 
@@ -475,9 +470,9 @@ def _mpmath_references():
 
     def pbe_c(ra, rb, saa, sab, sbb):
         n, rs, z = spin(ra, rb)
-        beta, gamma = f("0.06672455060314922"), (1 - mp.log(2)) / mp.pi**2
-        eps = pw_eps(rs, z, PW92_MOD_PARAMS)
-        phi = ((1 + z) ** (2 * third) + (1 - z) ** (2 * third)) / 2
+        beta, gamma = f(PBE_BETA), mp_pbe_gamma()
+        eps = mp_pw92_eps(rs, z, PW92_MOD_DIGITS)[0]
+        phi = mp_phi(z)
         # t = |∇n| / (2 φ k_s n), k_s = sqrt(4 k_F / π), k_F = (3π²n)^{1/3}
         ks = mp.sqrt(4 * (3 * mp.pi**2 * n) ** third / mp.pi)
         t2 = (saa + 2 * sab + sbb) / (2 * phi * ks * n) ** 2
@@ -499,8 +494,8 @@ def _mpmath_references():
                    - f(2) / 3 * n**2 * st + (f(2) / 3 * n**2 - ra**2) * sbb + (f(2) / 3 * n**2 - rb**2) * saa)
         return -4 * a / (1 + d * r) * ra * rb / n - a * b * omega * bracket
 
-    refs = {"slater": slater, "vwn5": vwn5, "vwn_rpa": vwn_rpa, "pw92": pw(PW92_PARAMS),
-            "pw92_mod": pw(PW92_MOD_PARAMS), "b88": b88, "pbe_x": pbe_x, "pbe_c": pbe_c, "lyp": lyp}
+    refs = {"slater": slater, "vwn5": vwn5, "vwn_rpa": vwn_rpa, "pw92": pw(PW92_DIGITS),
+            "pw92_mod": pw(PW92_MOD_DIGITS), "b88": b88, "pbe_x": pbe_x, "pbe_c": pbe_c, "lyp": lyp}
     return mp, refs
 
 
@@ -517,7 +512,7 @@ def test_hard_points_against_mpmath(name):
     out = evaluate(functional, rho, sigma, tau)
     exact = {"e": np.zeros((1, rho.shape[1])), "vrho": np.zeros_like(rho), "vsigma": np.zeros_like(sigma)}
     nvar = 2 if functional.family == "lda" else 5
-    with mp.workdps(40):
+    with mp.workdps(MPMATH_DIGITS):
         for j in np.nonzero(real)[0]:
             x = [mp.mpf(float(v)) for v in (rho[0, j], rho[1, j], sigma[0, j], sigma[1, j], sigma[2, j])]
             exact["e"][0, j] = float(refs[name](*x))

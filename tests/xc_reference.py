@@ -1,4 +1,6 @@
-"""Reference values from libxc (through `pyscf.dft.libxc.eval_xc`) for the functional tests.
+"""Reference values for the functional tests: libxc (through `pyscf.dft.libxc.eval_xc`), and the
+pieces of the 40-digit mpmath references that tests/test_xc_semilocal.py and
+tests/test_xc_mgga.py share (PW92 correlation with its r_s derivative, f(ζ), φ(ζ), PBE's β and γ).
 
 Densities are supplied in the spin-polarised form used by nlxc: rho (2, N), the gradient vectors
 (2, 3, N) from which sigma (3, N) is formed, and tau (2, N).
@@ -138,3 +140,94 @@ def molecular_polarized_density(name="h2o_cation"):
     grad = np.stack([ra[1:4], rb[1:4]])
     tau = np.stack([ra[4], rb[4]])
     return rho, grad, tau
+
+
+# ----------------------------------------------------------------------------------------------
+# 40-digit mpmath pieces shared by tests/test_xc_semilocal.py and tests/test_xc_mgga.py
+# ----------------------------------------------------------------------------------------------
+# Written from the papers with libxc's constants (not from nlxc). Constants are kept as decimal
+# strings and every function makes its mpmath numbers at the caller's working precision, so a
+# caller inside `mpmath.workdps(MPMATH_DIGITS)` gets 40-digit values throughout. The callers
+# import mpmath with `pytest.importorskip("mpmath")` first.
+
+MPMATH_DIGITS = 40
+"""Working precision (decimal digits) of the mpmath references: naive forms, 40 digits absorb
+every cancellation."""
+
+PW92_DIGITS = {
+    "a": ("0.031091", "0.015545", "0.016887"),
+    "alpha1": ("0.21370", "0.20548", "0.11125"),
+    "beta1": ("7.5957", "14.1189", "10.357"),
+    "beta2": ("3.5876", "6.1977", "3.6231"),
+    "beta3": ("1.6382", "3.3662", "0.88026"),
+    "beta4": ("0.49294", "0.62517", "0.49671"),
+    "fz20": "1.709921",
+}
+"""PW92 (Perdew & Wang, PRB 45, 13244 (1992), Table I) as libxc's LDA_C_PW (id 12): per
+quantity, the values for G(r_s) of the paramagnetic ε_c(r_s, 0), the ferromagnetic ε_c(r_s, 1)
+and the spin stiffness −α_c(r_s); `fz20` is f''(0)."""
+
+PW92_MOD_DIGITS = {**PW92_DIGITS, "a": ("0.0310907", "0.01554535", "0.0168869"),
+                   "fz20": "1.709920934161365617563962776245"}
+"""libxc's LDA_C_PW_MOD (id 13): more digits in A and f''(0), as in the PBE reference code; used
+by libxc's PBE, SCAN and r²SCAN correlation."""
+
+PBE_BETA = "0.06672455060314922"
+"""PBE correlation's β (libxc's value; Perdew, Burke & Ernzerhof, PRL 77, 3865 (1996))."""
+
+
+def _mp():
+    import mpmath
+
+    return mpmath
+
+
+def mp_pbe_gamma():
+    """PBE correlation's γ = (1 − ln 2)/π²."""
+    mp = _mp()
+    return (1 - mp.log(2)) / mp.pi**2
+
+
+def mp_spin(ra, rb):
+    """`(n, r_s, ζ)` of the spin densities ρα, ρβ (mpf): n = ρα + ρβ, r_s = (3/(4πn))^{1/3},
+    ζ = (ρα − ρβ)/n."""
+    mp = _mp()
+    n = ra + rb
+    return n, (3 / (4 * mp.pi * n)) ** (mp.mpf(1) / 3), (ra - rb) / n
+
+
+def mp_fz(z):
+    """The spin interpolation f(ζ) = [(1+ζ)^{4/3} + (1−ζ)^{4/3} − 2] / (2^{4/3} − 2)."""
+    third = _mp().mpf(1) / 3
+    return ((1 + z) ** (4 * third) + (1 - z) ** (4 * third) - 2) / (2 ** (4 * third) - 2)
+
+
+def mp_phi(z):
+    """The spin scaling φ(ζ) = [(1+ζ)^{2/3} + (1−ζ)^{2/3}] / 2 of PBE correlation."""
+    third = _mp().mpf(1) / 3
+    return ((1 + z) ** (2 * third) + (1 - z) ** (2 * third)) / 2
+
+
+def mp_pw92_g(k, rs, params=PW92_MOD_DIGITS):
+    """PW92 eq. (10) and its derivative: `(G, dG/dr_s)`, G(r_s) = −2A(1 + α₁r_s)
+    ln[1 + 1/(2A Q)], Q = β₁r_s^{1/2} + β₂r_s + β₃r_s^{3/2} + β₄r_s², for the `k`-th column of
+    `params` (0: paramagnetic, 1: ferromagnetic, 2: −α_c)."""
+    mp = _mp()
+    a, a1, b1, b2, b3, b4 = (mp.mpf(params[key][k]) for key in ("a", "alpha1", "beta1", "beta2", "beta3", "beta4"))
+    q = b1 * mp.sqrt(rs) + b2 * rs + b3 * rs ** mp.mpf(1.5) + b4 * rs**2
+    dq = b1 / (2 * mp.sqrt(rs)) + b2 + mp.mpf(1.5) * b3 * mp.sqrt(rs) + 2 * b4 * rs
+    log = mp.log(1 + 1 / (2 * a * q))
+    dg = -2 * a * a1 * log + (1 + a1 * rs) * dq / (q**2 * (1 + 1 / (2 * a * q)))
+    return -2 * a * (1 + a1 * rs) * log, dg
+
+
+def mp_pw92_eps(rs, z, params=PW92_MOD_DIGITS):
+    """PW92's correlation energy per particle ε_c(r_s, ζ) (eq. 8) and its r_s derivative at fixed
+    ζ: `(ε_c, ∂ε_c/∂r_s)`."""
+    mp = _mp()
+    fz20 = mp.mpf(params["fz20"])
+    (g0, d0), (g1, d1), (g2, d2) = (mp_pw92_g(k, rs, params) for k in range(3))
+    fz = mp_fz(z)
+    eps = g0 + z**4 * fz * (g1 - g0 + g2 / fz20) - fz * g2 / fz20
+    deps = d0 + z**4 * fz * (d1 - d0 + d2 / fz20) - fz * d2 / fz20
+    return eps, deps

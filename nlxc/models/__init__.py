@@ -4,6 +4,12 @@ Every model is an [`nlxc.xc.AbstractFunctional`][]: it composes with the semiloc
 (`PBE() + model`), runs inside [`nlxc.scf.solve`][] and `jax.vmap`, and gets its Fock
 contribution by automatic differentiation. Models are initialised near zero (a small correction)
 unless stated otherwise.
+
+Models with geometry-only data (neighbour lists, Skala's dispersion energy) are
+[`AbstractGeometryModel`][nlxc.models.AbstractGeometryModel]s: [`prepare_system`][nlxc.models.prepare_system]
+computes that data on the host and stores it in the System, so the compiled SCF holds no host
+callback (and JAX's persistent compilation cache can keep it); [`nlxc.solve`][] does this for
+a concrete System.
 """
 
 from .atomic import AtomCentredCorrection, EquivariantCorrection
@@ -12,6 +18,7 @@ from .grid_atom import GridAtomMessagePassing
 from .graph import CoarseGraphNetwork, GridGraphNetwork
 from .operator import AuxiliaryNeuralOperator
 from .neighbours import AtomNeighbours, GridNeighbours, atom_neighbours, grid_neighbours, periodic_atom_neighbours
+from ._geometry import AbstractGeometryModel, prepare_system
 from ._mlp import MLP
 from ._neural_lda import NeuralLDA
 from .descriptors import (
@@ -39,6 +46,7 @@ from .cider import (
 __all__ = [
     "MLP",
     "NeuralLDA",
+    "AbstractGeometryModel",
     "AbstractPeriodicAtomNeighbourModel",
     "AtomAttention",
     "AtomCentredCorrection",
@@ -52,6 +60,7 @@ __all__ = [
     "atom_neighbours",
     "grid_neighbours",
     "periodic_atom_neighbours",
+    "prepare_system",
     "EquivariantCorrection",
     "GridAtomMessagePassing",
     "lda_exchange_energy_density",

@@ -20,9 +20,16 @@ import numpy as np
 from equinox import AbstractVar
 from jaxtyping import Array, Float
 
-from ..xc import AbstractFunctional, LocalFeatures, squash_alpha, squash_s
+from ..xc import LocalFeatures, squash_alpha, squash_s
 from ._common import scan_image_slots, slot_basis
-from .neighbours import AtomNeighbours, atom_neighbours, periodic_atom_neighbours
+from ._geometry import AbstractGeometryModel, precomputed_entry
+from .neighbours import (
+    AtomNeighbours,
+    atom_neighbours,
+    atom_neighbours_key,
+    atom_neighbours_on_host,
+    periodic_atom_neighbours,
+)
 
 __all__ = [
     "N_LOCAL_INPUTS",
@@ -55,13 +62,15 @@ def lda_exchange_energy_density(n: Float[Array, " ngrid"], mask) -> Float[Array,
     return jnp.where(mask, -_CX * jnp.where(mask, n, 1.0) ** (4.0 / 3.0), 0.0)
 
 
-class AbstractAtomNeighbourModel(AbstractFunctional):
+class AbstractAtomNeighbourModel(AbstractGeometryModel):
     """A model that couples every grid point to the atoms within `neighbour_cutoff` (private base).
 
     [`prepare`][nlxc.xc.AbstractFunctional.prepare] stores the
-    [`AtomNeighbours`][nlxc.models.AtomNeighbours] list once per SCF; every evaluation then costs
-    O(ngrid · k) with k = min(`max_atoms`, natom), linear in the grid size for a bounded number of
-    atoms within the cutoff.
+    [`AtomNeighbours`][nlxc.models.AtomNeighbours] list once per SCF: the one in
+    `System.precomputed` (built on the host by [`nlxc.models.prepare_system`][], which
+    [`nlxc.solve`][] calls), else one built by a host callback inside the trace. Every
+    evaluation then costs O(ngrid · k) with k = min(`max_atoms`, natom), linear in the grid size
+    for a bounded number of atoms within the cutoff.
     """
 
     neighbours: AbstractVar[AtomNeighbours | None]
@@ -72,16 +81,30 @@ class AbstractAtomNeighbourModel(AbstractFunctional):
     def neighbour_cutoff(self) -> float:
         """Radius (Bohr) within which grid points and atoms interact."""
 
-    def atom_neighbours(self, system) -> AtomNeighbours:
-        """The stored neighbour list, or a freshly built one if the model is not prepared."""
-        if self.neighbours is not None:
-            return self.neighbours
+    @property
+    def precomputed_keys(self) -> tuple[str, ...]:
+        return (atom_neighbours_key(self.neighbour_cutoff, self.max_atoms),)
+
+    def precompute(self, grid_coords, grid_weights, atom_coords, atom_charges) -> dict:
+        nb = atom_neighbours_on_host(grid_coords, grid_weights, atom_coords, atom_charges, self.neighbour_cutoff,
+                                     self.max_atoms)
+        return {self.precomputed_keys[0]: nb}
+
+    def _system_neighbours(self, system) -> AtomNeighbours:
+        nb = precomputed_entry(system, self.precomputed_keys[0])
+        if nb is not None:
+            return nb
         return atom_neighbours(system.grid_coords, system.grid_weights, system.atom_coords,
                                system.atom_charges, self.neighbour_cutoff, self.max_atoms)
 
+    def atom_neighbours(self, system) -> AtomNeighbours:
+        """The stored neighbour list, else the System's precomputed one, else a freshly built one."""
+        if self.neighbours is not None:
+            return self.neighbours
+        return self._system_neighbours(system)
+
     def prepare(self, system):
-        nb = atom_neighbours(system.grid_coords, system.grid_weights, system.atom_coords,
-                             system.atom_charges, self.neighbour_cutoff, self.max_atoms)
+        nb = self._system_neighbours(system)
         return eqx.tree_at(lambda m: m.neighbours, self, nb, is_leaf=lambda x: x is None)
 
 

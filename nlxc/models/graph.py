@@ -9,11 +9,12 @@ import jax.random as jr
 import jraph
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..xc import AbstractFunctional, LocalFeatures
+from ..xc import LocalFeatures
 from ._common import atom_mask_and_numbers, cosine_cutoff, element_embedding, scan_slots
+from ._geometry import AbstractGeometryModel, precomputed_entry
 from ._mlp import MLP
 from .descriptors import N_LOCAL_INPUTS, AbstractAtomNeighbourModel, lda_exchange_energy_density, local_inputs
-from .neighbours import AtomNeighbours, GridNeighbours, grid_neighbours
+from .neighbours import AtomNeighbours, GridNeighbours, grid_neighbours, grid_neighbours_key, grid_neighbours_on_host
 
 __all__ = ["CoarseGraphNetwork", "GridGraphNetwork"]
 
@@ -42,7 +43,7 @@ def _message_passing(nodes, edge_features, envelope, senders, receivers, edge_ml
     return jraph.GraphNetwork(update_edge_fn=update_edge_fn, update_node_fn=update_node_fn)(graph).nodes
 
 
-class GridGraphNetwork(AbstractFunctional):
+class GridGraphNetwork(AbstractGeometryModel):
     """Message passing on a radius graph between grid points, with bounded degree (jraph).
 
     Nodes are the grid points r_i with features h_i⁰ = MLP(x_i) of their local inputs
@@ -61,7 +62,8 @@ class GridGraphNetwork(AbstractFunctional):
     with g initialised near zero. Invariant to rotations, translations and atom permutations
     (distances only); size-consistent (no edges longer than `cutoff`). Padded grid points take
     no part. Cost O(ngrid · k · width²) per evaluation, plus one k-d-tree search
-    (O(ngrid log ngrid), in [`prepare`][nlxc.xc.AbstractFunctional.prepare]). The receptive
+    (O(ngrid log ngrid), on the host in [`nlxc.models.prepare_system`][], or in
+    [`prepare`][nlxc.xc.AbstractFunctional.prepare] with a host callback for a traced System). The receptive
     field is `layers` hops: near nuclei, where grid points are dense, that is a small distance.
     """
 
@@ -85,14 +87,27 @@ class GridGraphNetwork(AbstractFunctional):
                                    key=keys[2 + 2 * i]) for i in range(layers))
         self.head = MLP(N_LOCAL_INPUTS + channels, width=width, final_scale=final_scale, key=keys[-1])
 
-    def grid_neighbours(self, system) -> GridNeighbours:
-        """The stored neighbour list, or a freshly built one if the model is not prepared."""
-        if self.neighbours is not None:
-            return self.neighbours
+    @property
+    def precomputed_keys(self) -> tuple[str, ...]:
+        return (grid_neighbours_key(self.k, self.cutoff),)
+
+    def precompute(self, grid_coords, grid_weights, atom_coords, atom_charges) -> dict:
+        return {self.precomputed_keys[0]: grid_neighbours_on_host(grid_coords, grid_weights, self.k, self.cutoff)}
+
+    def _system_neighbours(self, system) -> GridNeighbours:
+        nb = precomputed_entry(system, self.precomputed_keys[0])
+        if nb is not None:
+            return nb
         return grid_neighbours(system.grid_coords, system.grid_weights, self.k, self.cutoff)
 
+    def grid_neighbours(self, system) -> GridNeighbours:
+        """The stored neighbour list, else the System's precomputed one, else a freshly built one."""
+        if self.neighbours is not None:
+            return self.neighbours
+        return self._system_neighbours(system)
+
     def prepare(self, system):
-        nb = grid_neighbours(system.grid_coords, system.grid_weights, self.k, self.cutoff)
+        nb = self._system_neighbours(system)
         return eqx.tree_at(lambda m: m.neighbours, self, nb, is_leaf=lambda x: x is None)
 
     def __call__(self, density, density_matrix, system):

@@ -3,7 +3,9 @@
 Both lists depend on the geometry only (grid coordinates, weights and nuclei), never on the
 density, so a model builds them once per SCF in [`nlxc.xc.AbstractFunctional.prepare`][] rather
 than in every Fock build. The search itself is scipy's k-d tree (`scipy.spatial.cKDTree`,
-O(n log n)), called from JAX with `jax.pure_callback` (sequentially under `jax.vmap`): it is
+O(n log n)), run on the host before the SCF by [`nlxc.models.prepare_system`][] (which stores
+the lists in `System.precomputed`), or, for a System traced inside `jit`, called from JAX with
+`jax.pure_callback` (sequentially under `jax.vmap`): it is
 exact, which a fixed-capacity cell list is not on molecular grids (a radial grid puts thousands of
 points within 1 Bohr of a nucleus, so any per-cell cap truncates in an orientation-dependent
 way and breaks rotation invariance).
@@ -102,6 +104,32 @@ def _atom_query(grid_coords, grid_weights, atom_coords, atom_valid, k, cutoff):
     return index, mask, np.asarray(overflow)
 
 
+def atom_neighbours_key(cutoff: float, max_atoms: int) -> str:
+    """The key of a molecular [`AtomNeighbours`][nlxc.models.AtomNeighbours] list in `System.precomputed`."""
+    return f"atom_neighbours(cutoff={float(cutoff)!r}, max_atoms={int(max_atoms)})"
+
+
+def _overflow_message(k: int, cutoff: float) -> str:
+    return f"more than max_atoms={k} atoms within {cutoff} Bohr of a grid point; raise max_atoms"
+
+
+def atom_neighbours_on_host(grid_coords, grid_weights, atom_coords, atom_charges, cutoff: float,
+                            max_atoms: int = 32) -> AtomNeighbours:
+    """[`atom_neighbours`][nlxc.models.atom_neighbours] computed with NumPy outside `jit`, from
+    concrete arrays of one molecule: the same list (same integers, dtypes and shapes) as a
+    NumPy-leaved `AtomNeighbours`, without a host callback.
+
+    **Raises:** [`nlxc.InputError`][] if a grid point has more than `max_atoms` atoms within the
+    cutoff.
+    """
+    g, w, a, q = (np.asarray(x, dtype=np.float64) for x in (grid_coords, grid_weights, atom_coords, atom_charges))
+    k = max(1, min(int(max_atoms), a.shape[-2]))
+    index, mask, overflow = _atom_query(g, w, a, q > 0.5, k, cutoff)
+    if overflow:
+        raise InputError(_overflow_message(k, cutoff))
+    return AtomNeighbours(index, mask, np.asarray(False), np.zeros_like(index), np.zeros((1, 3), dtype=a.dtype))
+
+
 def atom_neighbours(
     grid_coords: Float[Array, "ngrid 3"],
     grid_weights: Float[Array, " ngrid"],
@@ -128,8 +156,7 @@ def atom_neighbours(
     index, mask, overflow = jax.pure_callback(
         lambda g, w, a, v: _atom_query(np.asarray(g), np.asarray(w), np.asarray(a), np.asarray(v), k, cutoff),
         shapes, *args, vmap_method="sequential")
-    index = eqx.error_if(index, overflow, f"more than max_atoms={k} atoms within {cutoff} Bohr of a grid "
-                         "point; raise max_atoms")
+    index = eqx.error_if(index, overflow, _overflow_message(k, cutoff))
     return AtomNeighbours(index, mask, overflow, jnp.zeros_like(index), jnp.zeros((1, 3), dtype=atom_coords.dtype))
 
 
@@ -251,6 +278,19 @@ def _grid_query(coords, weights, k, cutoff):
                                         points[:, None])
         mask[points, :cols] = found[:, :cols]
     return index, mask
+
+
+def grid_neighbours_key(k: int, cutoff: float) -> str:
+    """The key of a [`GridNeighbours`][nlxc.models.GridNeighbours] list in `System.precomputed`."""
+    return f"grid_neighbours(k={int(k)}, cutoff={float(cutoff)!r})"
+
+
+def grid_neighbours_on_host(grid_coords, grid_weights, k: int, cutoff: float) -> GridNeighbours:
+    """[`grid_neighbours`][nlxc.models.grid_neighbours] computed with NumPy outside `jit`, from
+    concrete arrays of one molecule: the same list, NumPy-leaved, without a host callback."""
+    index, mask = _grid_query(np.asarray(grid_coords, dtype=np.float64), np.asarray(grid_weights, dtype=np.float64),
+                              k, cutoff)
+    return GridNeighbours(index, mask)
 
 
 def grid_neighbours(

@@ -29,6 +29,7 @@ from jaxtyping import Array, Float
 from .._errors import InputError
 from ..xc import AbstractFunctional
 from ..xc import get_functional as _get_xc_functional
+from ._geometry import precomputed_entry
 from .descriptors import AbstractAtomNeighbourModel
 from .neighbours import AtomNeighbours, atom_neighbours
 
@@ -67,6 +68,9 @@ Skala's PySCF integration (`skala.pyscf` of microsoft-skala 1.0.0) evaluates
 `dftd3.pyscf.DFTD3Dispersion(mol, setting)` with the three-body term off (its default) and the
 setting stored in the model file ("b3lyp5" as recorded for the Skala checkpoints), which
 simple-DFT-D3 maps to these B3LYP parameters."""
+
+# key of Skala's D3(BJ) energy in System.precomputed (prepare_system)
+_D3_KEY = "d3bj_dispersion(" + ", ".join(f"{k}={v!r}" for k, v in sorted(SKALA_D3BJ_PARAMETERS.items())) + ")"
 
 # npz key of the torch state dict → (our field, index)
 _LINEARS = {
@@ -157,7 +161,10 @@ class Skala(AbstractAtomNeighbourModel):
     (more raises at run time).
 
     **Fields set by `prepare`** (None otherwise; not weights): `neighbours`, the atoms within
-    5 Bohr of each grid point, and `dispersion_energy`, the D3(BJ) energy (Hartree).
+    5 Bohr of each grid point, and `dispersion_energy`, the D3(BJ) energy (Hartree), both taken
+    from `System.precomputed` where [`prepare_system`][nlxc.models.prepare_system] (called by
+    [`nlxc.solve`][] for a concrete System) has computed them on the host, else built with host
+    callbacks.
 
     **Raises:** [`nlxc.InputError`][] if the weights file is missing or does not hold Skala-1.0's
     arrays.
@@ -200,17 +207,18 @@ class Skala(AbstractAtomNeighbourModel):
                 got = w[key].shape if key in w else "missing"
                 raise InputError(f"{str(path)!r} is not a Skala-1.0 weights file: {key} is {got}, expected {shape}")
 
+        # device_put, not jnp.asarray: no small program compiled per array shape
         def dense(prefix):
-            return _Dense(jnp.asarray(w[prefix + ".weight"]), jnp.asarray(w[prefix + ".bias"]))
+            return _Dense(jax.device_put(w[prefix + ".weight"]), jax.device_put(w[prefix + ".bias"]))
 
         self.input_layers = tuple(dense(p) for p in _LINEARS["input"])
         self.output_layers = tuple(dense(p) for p in _LINEARS["output"])
         self.pre_down = dense("non_local_model.pre_down_layer.0")
         self.post_up = dense("non_local_model.post_up_layer.0")
-        self.down_weights = jnp.stack([jnp.asarray(w[f"non_local_model.tp_down.weight_0_{l}_{l}"][:, 0, :])
-                                       for l in range(_LMAX + 1)])
-        self.up_weights = jnp.stack([jnp.asarray(w[f"non_local_model.tp_up.weight_{l}_{l}_0"][:, 0, :])
-                                     for l in range(_LMAX + 1)])
+        self.down_weights = jax.device_put(np.stack([w[f"non_local_model.tp_down.weight_0_{l}_{l}"][:, 0, :]
+                                                     for l in range(_LMAX + 1)]))
+        self.up_weights = jax.device_put(np.stack([w[f"non_local_model.tp_up.weight_{l}_{l}_0"][:, 0, :]
+                                                   for l in range(_LMAX + 1)]))
         self.neighbours = None
         self.dispersion_energy = None
         self.dispersion = bool(dispersion)
@@ -236,11 +244,32 @@ class Skala(AbstractAtomNeighbourModel):
         """5 Bohr: Skala's grid ↔ atom message radius."""
         return _CUTOFF
 
+    @property
+    def precomputed_keys(self) -> tuple[str, ...]:
+        """The atom-neighbour list's key and, with `dispersion`, the D3(BJ) energy's."""
+        return super().precomputed_keys + ((_D3_KEY,) if self.dispersion else ())
+
+    def precompute(self, grid_coords, grid_weights, atom_coords, atom_charges) -> dict:
+        """The neighbour list and, with `dispersion`, the D3(BJ) energy (Hartree, a NumPy scalar)
+        of one molecule, on the host."""
+        out = super().precompute(grid_coords, grid_weights, atom_coords, atom_charges)
+        if self.dispersion:
+            _check_dftd3()
+            out[_D3_KEY] = _d3_host(np.asarray(atom_charges, dtype=np.float64),
+                                    np.asarray(atom_coords, dtype=np.float64), SKALA_D3BJ_PARAMETERS)
+        return out
+
+    def _system_dispersion(self, system) -> Float[Array, ""]:
+        e = precomputed_entry(system, _D3_KEY)
+        return d3bj_dispersion_energy(system.atom_charges, system.atom_coords) if e is None else e
+
     def prepare(self, system):
-        """The neighbour list (and, with `dispersion`, the D3(BJ) energy), computed once per SCF."""
+        """The neighbour list (and, with `dispersion`, the D3(BJ) energy), once per SCF: those of
+        `System.precomputed` ([`prepare_system`][nlxc.models.prepare_system]), else built with
+        host callbacks."""
         prepared = super().prepare(system)
         if self.dispersion:
-            e = d3bj_dispersion_energy(system.atom_charges, system.atom_coords)
+            e = self._system_dispersion(system)
             prepared = eqx.tree_at(lambda m: m.dispersion_energy, prepared, e, is_leaf=lambda x: x is None)
         return prepared
 
@@ -341,7 +370,7 @@ class Skala(AbstractAtomNeighbourModel):
             return jnp.zeros(())
         if self.dispersion_energy is not None:
             return jax.lax.stop_gradient(self.dispersion_energy)
-        return d3bj_dispersion_energy(system.atom_charges, system.atom_coords)
+        return jax.lax.stop_gradient(self._system_dispersion(system))
 
     def __call__(self, density, density_matrix, system):
         return self.exchange_correlation_energy(density, system) + self.dispersion_energy_of(system)
@@ -361,6 +390,14 @@ def _d3_host(charges, coords, params):
     return np.asarray(result["energy"], dtype=np.float64)
 
 
+def _check_dftd3() -> None:
+    try:
+        import dftd3.interface  # noqa: F401
+    except ImportError as err:
+        raise InputError("the D3(BJ) dispersion of Skala needs the dftd3 package: pip install 'nlxc[skala]' "
+                         "(or dftd3), or use Skala(dispersion=False)") from err
+
+
 def d3bj_dispersion_energy(
     atom_charges: Float[Array, " natom"],
     atom_coords: Float[Array, "natom 3"],
@@ -378,11 +415,7 @@ def d3bj_dispersion_energy(
     **Raises:** [`nlxc.InputError`][] if the `dftd3` package is not installed
     (`pip install "nlxc[skala]"`).
     """
-    try:
-        import dftd3.interface  # noqa: F401
-    except ImportError as err:
-        raise InputError("the D3(BJ) dispersion of Skala needs the dftd3 package: pip install 'nlxc[skala]' "
-                         "(or dftd3), or use Skala(dispersion=False)") from err
+    _check_dftd3()
     params = dict(SKALA_D3BJ_PARAMETERS if parameters is None else parameters)
     args = jax.lax.stop_gradient((atom_charges, atom_coords))
     return jax.pure_callback(lambda c, x: _d3_host(np.asarray(c), np.asarray(x), params),

@@ -8,6 +8,7 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int
 
 from .._errors import InputError
+from ..models import prepare_system
 from ..system import System
 from ..xc import AbstractFunctional
 from ._adjoint import AbstractSCFAdjoint, ImplicitAdjoint, as_scf_adjoint
@@ -93,7 +94,9 @@ def solve(
     **Arguments:**
 
     - `functional`: any [`nlxc.xc.AbstractFunctional`][].
-    - `system`: the [`nlxc.System`][].
+    - `system`: the [`nlxc.System`][]. For a concrete one, the geometry-only data of the
+      functional's models (neighbour lists) is first computed on the host
+      ([`nlxc.models.prepare_system`][]), so the compiled SCF holds no host callback.
     - `solver`: an optimistix fixed-point solver or root finder. An
       [`nlxc.scf.AbstractSCFSolver`][] (`CDIIS`, `DIIS`, `OrbitalNewton`) declares a
       `level_shift`: the virtual orbitals are shifted by that much (Hartree) while iterating.
@@ -139,6 +142,10 @@ def solve(
     if stability is not None and not isinstance(stability, StabilityAnalysis):
         raise InputError(f"stability must be an nlxc.scf.StabilityAnalysis or None, got {type(stability).__name__}")
     strategy = strategy_of(solver, fallback, stability, smearing)
+    # geometry-only data of the functional (neighbour lists) computed on the host for a concrete
+    # System, so that the compiled SCF holds no host callback (and JAX's persistent compilation
+    # cache can store it); a traced System is returned as it is
+    system = prepare_system(functional, system)
     return _solve(functional, system, strategy, initial_density_matrix, max_steps, as_scf_adjoint(adjoint),
                   smearing, throw)
 
@@ -178,7 +185,7 @@ def _solve(functional: AbstractFunctional, system: System, strategy: AbstractSCF
            initial_density_matrix: Float[Array, "2 nao nao"] | None, max_steps: int, adjoint: AbstractSCFAdjoint,
            smearing: FermiDirac | None, throw: bool) -> SCFResult:
     p0 = system.initial_density_matrix if initial_density_matrix is None else initial_density_matrix
-    functional = functional.prepare(system)  # geometry-only precomputation, once per solve
+    functional = functional.prepare(system)  # geometry-only data (System.precomputed), once per solve
     args = SCFArguments(functional, system, jnp.asarray(strategy.level_shift, dtype=p0.dtype), smearing)
     found = adjoint.fixed_point(scf_map, strategy, p0, args, max_steps)
     p, result = found.value, found.result

@@ -20,7 +20,7 @@ from .._config import (
 from .._errors import InputError
 from ..batch import Batch, make_batches
 from ..data import ReferenceDataset, default_dataset, g2
-from ..models import get_functional
+from ..models import get_functional, prepare_system
 from ..response import ExcitationTargets, occupied_virtual_slots
 from ..system import System
 from ..xc import (
@@ -117,6 +117,10 @@ def _prepare(config: TrainConfig, functional: AbstractFunctional) -> _Prepared:
                                  grid_operators=spec if spec else None) for n in names]
     batches = make_batches(systems, max_buckets=config.data.max_buckets, split_shells=config.data.split_shells,
                            max_block_groups=config.data.max_block_groups)
+    # the model's geometry-only data (neighbour lists), per molecule of each batch, computed here on
+    # the host: the compiled step then holds no host callback, so JAX's persistent compilation
+    # cache can store it (the data depends on the geometry and the model's static settings only)
+    batches = [eqx.tree_at(lambda b: b.system, b, prepare_system(functional, b.system)) for b in batches]
     targets, weights = [], []
     for b in batches:
         t = L.Targets.from_dataset(b, dataset, names, target)

@@ -772,7 +772,7 @@ class System(eqx.Module):
         arrays whose last axis is the block's points, `(..., block)`.
 
         **Returns:** that pytree with last axis `ngrid`. Each group of blocks runs in a
-        `jax.lax.map` of the checkpointed `fn` (see [`AOBlocks.map`][nlxc.system.AOBlocks.map]),
+        `jax.lax.map` of the checkpointed `fn` (see [`AbstractAOBlocks.map`][nlxc.system.AbstractAOBlocks.map]),
         so the memory of `fn`'s work, in forward and reverse mode, is that of one block.
         """
         return self.ao_blocks.map(fn, self.ngrid)

@@ -508,14 +508,18 @@ def _enable_compilation_cache() -> None:
     """JAX's persistent compilation cache for the commands' compiled programs, so that a second
     run (a resumed or repeated training, an evaluation) loads them instead of compiling again:
     the directory in `JAX_COMPILATION_CACHE_DIR` when set (JAX reads it itself), else
-    `$XDG_CACHE_HOME/nlxc/jax` (`~/.cache/nlxc/jax`); `NLXC_NO_COMPILATION_CACHE=1` leaves it off.
-    Only the command line sets this; `import nlxc` changes no JAX setting but float64."""
+    `$XDG_CACHE_HOME/nlxc/jax-compilation-cache/<tag>` (`~/.cache/...`; the tag names the Python,
+    JAX and jaxlib versions, as the test suite's cache does); `NLXC_NO_COMPILATION_CACHE=1`
+    leaves it off. Only the command line sets this; `import nlxc` changes no JAX setting but float64."""
     if os.environ.get("NLXC_NO_COMPILATION_CACHE") == "1" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
+    from importlib.metadata import version
+
     import jax
 
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    jax.config.update("jax_compilation_cache_dir", os.path.join(base, "nlxc", "jax"))
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-jax{version('jax')}-jaxlib{version('jaxlib')}"
+    jax.config.update("jax_compilation_cache_dir", os.path.join(base, "nlxc", "jax-compilation-cache", tag))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,7 +122,7 @@ def test_tddft_bad_input_one_line_error(water, capsys, extra, message):
 
 def test_command_line_enables_the_persistent_compilation_cache(tmp_path, monkeypatch):
     """`nlxc ...` turns JAX's persistent compilation cache on (so a repeated training or evaluation
-    loads its compiled programs), in $XDG_CACHE_HOME/nlxc/jax unless JAX_COMPILATION_CACHE_DIR is
+    loads its compiled programs), in $XDG_CACHE_HOME/nlxc/jax-compilation-cache/<versions> unless JAX_COMPILATION_CACHE_DIR is
     set or NLXC_NO_COMPILATION_CACHE=1; the setting is restored afterwards."""
     import jax
 
@@ -138,7 +138,7 @@ def test_command_line_enables_the_persistent_compilation_cache(tmp_path, monkeyp
         assert jax.config.jax_compilation_cache_dir is None
         monkeypatch.delenv("NLXC_NO_COMPILATION_CACHE")
         _enable_compilation_cache()
-        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "nlxc" / "jax")
+        assert jax.config.jax_compilation_cache_dir.startswith(str(tmp_path / "nlxc" / "jax-compilation-cache" / "py"))
         jax.config.update("jax_compilation_cache_dir", None)
         monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "elsewhere"))
         _enable_compilation_cache()  # JAX reads that variable itself; nlxc leaves the setting alone

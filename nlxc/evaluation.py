@@ -149,7 +149,7 @@ def _cached_energies(dataset: ReferenceDataset, methods: Sequence[str], cache: s
 def baseline_results(molecules, methods: Sequence[str], basis: str, grid_level: int, cache: str, processes: int = 1,
                      progress: bool = False) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
     """[`baseline_energies`][nlxc.evaluation.baseline_energies] with a failed PySCF calculation
-    (an SCF that did not converge in its 100 cycles, or any other error of one calculation)
+    (an SCF converged neither by 100 DIIS nor by 50 Newton cycles, or any other error of one calculation)
     returned as a value instead of raised, so that a report can mark it and go on.
 
     **Returns:** `(energies, failures)`: `energies[method][name]`, total energies (Hartree) of
@@ -228,7 +228,7 @@ def evaluate(functional, *, set_name: str, basis: str, grid_level: int, molecule
     - `label`: the name of the trained functional's row.
     - `progress`: show `tqdm` progress bars on standard error (Systems, nlxc SCFs, PySCF).
 
-    A PySCF baseline calculation that fails (an SCF not converged in its 100 cycles, or any
+    A PySCF baseline calculation that fails (an SCF converged neither by 100 DIIS nor 50 Newton cycles, or any
     other error of one calculation; see [`baseline_results`][nlxc.evaluation.baseline_results])
     is a value, like an nlxc SCF that does not converge in `max_steps`: the reactions that need
     that species are left out of that method's statistics, and the report says which and why.

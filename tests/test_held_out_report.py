@@ -36,6 +36,7 @@ def test_non_converged_pyscf_baseline_is_flagged_and_left_out(tmp_path, monkeypa
     compute_references([H], cache, methods=("pbe",), **SETTINGS)
     # what the report still has to compute, PBE of H2, cannot converge in one SCF cycle
     monkeypatch.setattr(_pyscf_worker, "SCF_MAX_CYCLE", 1)
+    monkeypatch.setattr(_pyscf_worker, "NEWTON_MAX_CYCLE", 0)
 
     prepared = _Prepared(names=["H2", "H"], split_of={"H2": "test", "H": "shared"}, dataset=target, systems=[],
                          data=None, reaction_names=["H2"], reaction_species=[{"H": 2.0, "H2": -1.0}],
@@ -107,6 +108,7 @@ def test_evaluate_command_marks_a_failed_pyscf_baseline(tmp_path, monkeypatch, c
     trained = {**pbe, "HF": pbe["H"] + pbe["F"] - bench.reaction("HF").reference - 1e-3}
     # what evaluate still has to compute, PBE of HF, cannot converge in one SCF cycle
     monkeypatch.setattr(_pyscf_worker, "SCF_MAX_CYCLE", 1)
+    monkeypatch.setattr(_pyscf_worker, "NEWTON_MAX_CYCLE", 0)
 
     def solve_molecules(functional, mols, basis, grid_level, **options):
         return {m.name: trained[m.name] for m in mols}, {m.name: True for m in mols}
@@ -123,7 +125,7 @@ def test_evaluate_command_marks_a_failed_pyscf_baseline(tmp_path, monkeypatch, c
         return bench.reaction(name).energy(energies) / KCAL_PER_MOL - reference[name]
 
     assert report["failures"]["nlxc (trained)"] == {} and list(report["failures"]["PBE (PySCF)"]) == ["HF"]
-    assert "SCF did not converge in 1 cycles" in report["failures"]["PBE (PySCF)"]["HF"]
+    assert "SCF did not converge in 1 DIIS cycles" in report["failures"]["PBE (PySCF)"]["HF"]
     assert report["excluded"] == {"nlxc (trained)": [], "PBE (PySCF)": ["HF"]}
     stats = report["methods"]["PBE (PySCF)"]
     assert (stats["n"], stats["excluded"]) == (1, 1)
@@ -146,4 +148,4 @@ def test_evaluate_command_marks_a_failed_pyscf_baseline(tmp_path, monkeypatch, c
     assert rows[1][-1] == "1" and "excluded" not in text.split("every method solved")[1]
     left_out = [line.split() for line in text.splitlines() if line.startswith("HF ")]
     assert left_out == [["HF", f"{error(trained, 'HF'):.2f}", "—[1]"]], text
-    assert "[1] PBE (PySCF), HF: RuntimeError: KS SCF did not converge in 1 cycles" in text
+    assert "[1] PBE (PySCF), HF: RuntimeError: KS SCF did not converge in 1 DIIS cycles" in text

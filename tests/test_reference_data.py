@@ -245,12 +245,23 @@ def test_invalid_requests_raise_before_writing(tmp_path):
 
 def test_failed_scf_is_reported_and_not_stored(tmp_path, monkeypatch):
     monkeypatch.setattr(_pyscf_worker, "SCF_MAX_CYCLE", 1)
+    monkeypatch.setattr(_pyscf_worker, "NEWTON_MAX_CYCLE", 0)
     path = tmp_path / "refs.h5"
     with pytest.raises(ReferenceComputationError, match="did not converge") as info:
         run([H2], path, methods=("hf",))
     assert [f[:2] for f in info.value.failures] == [("h2", "hf")]
     ds = ReferenceDataset(path)
     assert len(ds) == 0 and ("h2", "hf") not in ds
+
+
+def test_diis_not_converged_goes_on_with_pyscf_newton(tmp_path, monkeypatch):
+    """DIIS stopped after 2 cycles: PySCF's second-order solver converges from there to the state
+    PySCF's DIIS reaches when given its cycles, and the entry says so."""
+    monkeypatch.setattr(_pyscf_worker, "SCF_MAX_CYCLE", 2)
+    ds = run([LIH], tmp_path / "refs.h5", methods=("pbe",))
+    entry = ds.entry("lih", "pbe")
+    assert entry.newton_fallback is True and entry.scf_iterations == 2
+    assert entry.energy == pytest.approx(pyscf_scf(LIH, "pbe").e_tot, abs=1e-9)
 
 
 def test_correlated_methods_match_pyscf(tmp_path):

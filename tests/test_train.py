@@ -426,6 +426,7 @@ def test_ctrl_c_between_steps_checkpoints_and_the_moved_run_resumes(dataset_path
     code, seconds, output = _interrupt(config, out, wait_for=stepped)
     assert code == 130, output
     assert seconds < 20, (seconds, output)
+    assert (out / "last.json").is_file(), (sorted(os.listdir(out)), output)
     step = json.load(open(out / "last.json"))["step"]
     assert 1 <= step < STEPS and f"interrupted: checkpoint at step {step}" in output
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]

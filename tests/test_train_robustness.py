@@ -408,6 +408,29 @@ def test_interrupt_lost_in_a_gc_callback_is_raised_again():
         signal.signal(signal.SIGINT, previous)
 
 
+def test_interrupt_inside_a_deferred_block_is_raised_when_it_ends():
+    """The trainer writes a step's metrics line and takes the state it describes in such a block:
+    a Ctrl-C between the two must not leave a checkpoint without that step (CI, stop 27)."""
+    from nlxc.train._trainer import _InterruptGuard
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    done = []
+    try:
+        with _InterruptGuard() as guard:
+            with pytest.raises(KeyboardInterrupt):
+                with guard.deferred():
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.05)  # the handler runs here and does not raise
+                    done.append("line")
+                    done.append("state")
+            guard.handle()
+            assert done == ["line", "state"]
+            with guard.deferred():  # nothing pending: no interruption afterwards
+                done.append("again")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_training_interrupted_is_a_keyboard_interrupt():
     err = TrainingInterrupted("x", checkpoint=None, step=None, pending=True)
     assert isinstance(err, KeyboardInterrupt) and err.pending and err.checkpoint is None

@@ -27,7 +27,8 @@ from ._molecule import Molecule
 
 CORRELATED_METHODS = ("mp2", "ccsd", "ccsd(t)")  # post-HF methods, run on one shared HF solution
 SCF_CONV_TOL = 1e-10  # Hartree, SCF energy change
-SCF_MAX_CYCLE = 100
+SCF_MAX_CYCLE = 100  # DIIS cycles
+NEWTON_MAX_CYCLE = 50  # second-order (PySCF `mf.newton()`) cycles after DIIS did not converge; 0: none
 CC_CONV_TOL = 1e-9  # Hartree, CCSD energy change
 CC_CONV_TOL_NORMT = 1e-7  # CCSD amplitude change
 
@@ -87,10 +88,23 @@ def _run_scf(mf, label: str):
     mf.conv_tol = SCF_CONV_TOL
     mf.max_cycle = SCF_MAX_CYCLE
     mf.kernel()
+    diis_cycles = int(mf.cycles)
+    newton = f" and {NEWTON_MAX_CYCLE} Newton cycles" if NEWTON_MAX_CYCLE else ""
+    if not mf.converged and NEWTON_MAX_CYCLE:
+        # PySCF's DIIS can oscillate between nearly degenerate states (the ³P O atom with B3LYP
+        # at grid level 1 on one OpenMP thread, for one): PySCF's second-order solver
+        # (`mf.newton()`, augmented-Hessian Newton) goes on from the density where DIIS stopped.
+        # Recorded in the entry (`newton_fallback`), never silent.
+        dm = mf.make_rdm1()
+        mf = mf.newton()
+        mf.max_cycle = NEWTON_MAX_CYCLE
+        mf.kernel(dm0=dm)
+        if mf.converged:
+            return mf, {"scf_iterations": diis_cycles, "newton_fallback": True}
     if not mf.converged:
-        raise RuntimeError(f"{label} SCF did not converge in {SCF_MAX_CYCLE} cycles "
+        raise RuntimeError(f"{label} SCF did not converge in {SCF_MAX_CYCLE} DIIS cycles{newton} "
                            f"(conv_tol {SCF_CONV_TOL:g} Ha)")
-    return mf
+    return mf, {"scf_iterations": diis_cycles, "newton_fallback": False}
 
 
 def _scf_entry(mol, method: str, grid_level: int) -> dict:
@@ -105,7 +119,7 @@ def _scf_entry(mol, method: str, grid_level: int) -> dict:
         mf.grids.level = grid_level
         mf.small_rho_cutoff = 0.0  # keep every grid point, as nlxc does
         mf = mf.density_fit(auxbasis=df.make_auxbasis(mol))
-    _run_scf(mf, "HF" if method == "hf" else "KS")
+    mf, provenance = _run_scf(mf, "HF" if method == "hf" else "KS")
 
     dm = np.asarray(mf.make_rdm1())
     fock = np.asarray(mf.get_fock(dm=dm))  # h + J + K/Vxc at the converged density, no DIIS
@@ -124,7 +138,7 @@ def _scf_entry(mol, method: str, grid_level: int) -> dict:
         "energy": float(mf.e_tot),
         "converged": True,
         "restricted": bool(restricted),
-        "scf_iterations": int(mf.cycles),
+        **provenance,
     }
     return {"arrays": arrays, "attrs": attrs}
 
@@ -136,11 +150,10 @@ def _correlated_entries(mol, methods) -> list[dict]:
     restricted = mol.spin == 0
     results = []
     try:
-        mf = _run_scf(_hartree_fock(mol, density_fitted=False), "HF")
+        mf, provenance = _run_scf(_hartree_fock(mol, density_fitted=False), "HF")
     except Exception as err:  # noqa: BLE001  (reported per entry)
         return [{"method": m, "ok": False, "error": _one_line(err)} for m in methods]
-    common = {"converged": True, "restricted": bool(restricted), "scf_energy": float(mf.e_tot),
-              "scf_iterations": int(mf.cycles)}
+    common = {"converged": True, "restricted": bool(restricted), "scf_energy": float(mf.e_tot), **provenance}
 
     ccsd = None
     ccsd_error = None

@@ -14,7 +14,8 @@ resumes where it stopped); [`ReferenceDataset`][nlxc.data.ReferenceDataset] read
 - `/molecules/<name>/<method group>`: one entry. Datasets `density_matrix` `(2, nao, nao)` and,
   for SCF methods, `fock_matrix` `(2, nao, nao)`, `orbital_energies` `(2, nmo)`,
   `orbital_coefficients` `(2, nao, nmo)`, `occupations` `(2, nmo)`; attributes `method` (as
-  given), `energy` (Hartree), `converged`, `restricted`, `scf_iterations`, `pyscf_version`,
+  given), `energy` (Hartree), `converged`, `restricted`, `scf_iterations`, `newton_fallback`,
+  `pyscf_version`,
   `scf_energy` (correlated methods only) and, written last, `data_sha256`: a SHA-256 of all
   datasets and attributes. An entry without `data_sha256` is incomplete (an interrupted write).
 """
@@ -88,7 +89,11 @@ class ReferenceEntry:
     - `occupations`: per spin orbital, 1 or 0, `(2, nmo)` (restricted: duplicated).
     - `converged`: always `True` for a stored entry (non-converged results are never stored).
     - `restricted`: `True` for RHF/RKS/RMP2/RCCSD (2S = 0), `False` for the UHF-based ones.
-    - `scf_iterations`: PySCF's SCF cycle count (`mf.cycles`) of the (underlying) SCF.
+    - `scf_iterations`: PySCF's DIIS cycle count (`mf.cycles`) of the (underlying) SCF.
+    - `newton_fallback`: whether DIIS did not converge in its cycles and PySCF's second-order
+      solver (`mf.newton()`) converged from where it stopped (see
+      [`compute_references`][nlxc.data.compute_references]); `None` in files written before
+      nlxc recorded it.
     - `scf_energy`: for correlated methods the conventional (not density-fitted) HF energy,
       Hartree; `None` for SCF methods.
     """
@@ -104,6 +109,7 @@ class ReferenceEntry:
     converged: bool = True
     restricted: bool = True
     scf_iterations: int | None = None
+    newton_fallback: bool | None = None
     scf_energy: float | None = None
 
     def __repr__(self):
@@ -359,7 +365,11 @@ def compute_references(
     - HF and DFT: `pyscf.scf.RHF`/`UHF` and `pyscf.dft.RKS`/`UKS` (restricted iff 2S = 0),
       density-fitted with `mf.density_fit(auxbasis=pyscf.df.make_auxbasis(mol))` (the JK-fit
       basis, passed explicitly), `mf.grids.level = grid_level`, `small_rho_cutoff = 0` (no grid
-      pruning by density), initial guess `"minao"`, `conv_tol = 1e-10` Ha, at most 100 cycles.
+      pruning by density), initial guess `"minao"`, `conv_tol = 1e-10` Ha, at most 100 DIIS
+      cycles. Where DIIS has not converged by then (it can oscillate between nearly degenerate
+      states, e.g. the ³P O atom with B3LYP at grid level 1), PySCF's second-order solver
+      (`mf.newton()`) goes on from the density where DIIS stopped, at most 50 cycles; the
+      entry records it (`newton_fallback`). Only a calculation that fails both is a failure.
     - `"mp2"`, `"ccsd"`, `"ccsd(t)"`: conventional (not density-fitted) RHF/UHF with the same
       SCF settings, then `pyscf.mp.MP2`, `pyscf.cc.CCSD` (`conv_tol = 1e-9` Ha,
       `conv_tol_normt = 1e-7`) and `CCSD.ccsd_t`, all electrons correlated. The correlated
@@ -685,6 +695,7 @@ class ReferenceDataset:
         for a in arrays.values():
             a.setflags(write=False)
         iterations = attrs.get("scf_iterations")
+        newton = attrs.get("newton_fallback")
         scf_energy = attrs.get("scf_energy")
         return ReferenceEntry(
             name=name,
@@ -698,6 +709,7 @@ class ReferenceDataset:
             converged=bool(attrs.get("converged", True)),
             restricted=bool(attrs.get("restricted", True)),
             scf_iterations=None if iterations is None else int(iterations),
+            newton_fallback=None if newton is None else bool(newton),
             scf_energy=None if scf_energy is None else float(scf_energy),
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -251,6 +252,8 @@ class _InterruptGuard:
         self.handled = threading.Event()
         self.resent = 0
         self.watchdog = None
+        self.deferring = False
+        self.deferred_interrupt = False
         self.installed = (threading.current_thread() is threading.main_thread()
                           and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
         if self.installed:
@@ -264,7 +267,22 @@ class _InterruptGuard:
         if self.watchdog is None and not self.handled.is_set():
             self.watchdog = threading.Thread(target=self._repeat, name="nlxc-interrupt", daemon=True)
             self.watchdog.start()
+        if self.deferring:
+            self.deferred_interrupt = True
+            return
         raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """A block that Ctrl-C does not split: an interruption inside it is raised when it ends."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.deferred_interrupt:
+            self.deferred_interrupt = False
+            raise KeyboardInterrupt
 
     def _repeat(self):
         main = threading.main_thread().ident
@@ -425,22 +443,29 @@ def _train(config: TrainConfig, out: str, resume: _Resume | None, owned: set[str
                 "not_converged": sorted(n for n, conv in c.items() if not conv),
                 "wall_s": wall0 + time.perf_counter() - t_start,
             })
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            counters = {**{k: v for k, v in best.items() if k != "best_params"}, "failures": failures,
+                        "wall_s": wall0 + time.perf_counter() - t_start}
+            finished = (step >= steps or (config.training.patience and best["since_best"] >= config.training.patience)
+                        or bool(o.done))
+            if finished:
+                following = dataclasses.replace(state, best_params=best["best_params"],
+                                                **_counters(step=step, **counters))
+            else:
+                following = TrainState(o.carry.params, o.carry.opt_state, o.carry.guesses, best["best_params"],
+                                       **_counters(step=step + 1, **counters))
             last_step = (e, c, state.guesses)
+            # the metrics line and the state it describes change together: a Ctrl-C between the
+            # two is raised after both, so the checkpoint written then has every step's line
+            with guard.deferred():
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                state = following
             if progress is not None and step > start:
                 progress.update(1)
             if progress is not None:
                 progress.set_postfix(loss=f"{totals[0]:.3g}", val=f"{totals[1]:.3g}", refresh=False)
-            counters = {**{k: v for k, v in best.items() if k != "best_params"}, "failures": failures,
-                        "wall_s": wall0 + time.perf_counter() - t_start}
-            if step >= steps or (config.training.patience and best["since_best"] >= config.training.patience) \
-                    or bool(o.done):
-                state = dataclasses.replace(state, best_params=best["best_params"],
-                                            **_counters(step=step, **counters))
+            if finished:
                 break
-            state = TrainState(o.carry.params, o.carry.opt_state, o.carry.guesses, best["best_params"],
-                               **_counters(step=step + 1, **counters))
             if failures >= max_failed:
                 checkpoint(state)
                 raise TrainingError(f"{failures} consecutive failed steps ({step - failures + 1} to {step}; the last: "

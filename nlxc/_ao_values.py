@@ -13,7 +13,9 @@ cartesian components with weights w: for a cartesian basis (`mol.cart`) one mono
 (times the s and p factors 1/(2√π) and √(3/(4π)) libcint applies), for a spherical basis the
 column of `gto.cart2sph(l, normalized="sp")` (the matrix `mol.cart2sph_coeff()` is made of). The
 gradient follows analytically: ∂_x φ = −2 x S(s) P + R(s) ∂_x P, with S(s) = Σ_p α_p c_p
-exp(−α_p s).
+exp(−α_p s). P and its three derivatives are stored as coefficient rows over the common list of
+cartesian monomials of degree ≤ lmax, so that a block evaluates the monomials once and each
+function's angular part and gradient as sums of products (no per-function branching).
 
 `basis_data(mol)` extracts the data with NumPy once; `ao_values(basis, indices, points)` evaluates
 the listed functions at a block of points in JAX (jit/vmap/AD-compatible; no derivative is taken
@@ -23,6 +25,7 @@ through it, the values are constants of the density functional).
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
@@ -37,6 +40,12 @@ def _cartesian_powers(l: int) -> list[tuple[int, int, int]]:
     return [(lx, ly, l - lx - ly) for lx in range(l, -1, -1) for ly in range(l - lx, -1, -1)]
 
 
+def _monomials(lmax: int) -> list[tuple[int, int, int]]:
+    """Every cartesian monomial x^a y^b z^c with a + b + c ≤ lmax: by degree, then PySCF's order.
+    Those of degree ≤ l are a prefix of those of degree ≤ l' > l."""
+    return [p for l in range(lmax + 1) for p in _cartesian_powers(l)]
+
+
 class AOBasis(eqx.Module):
     """Per-AO data of a PySCF basis, enough to evaluate every function and its gradient.
 
@@ -44,44 +53,44 @@ class AOBasis(eqx.Module):
     - `exponents`: `(nao, nprim)`, Bohr⁻², primitive exponents α (padded entries 0).
     - `coefficients`: `(nao, nprim)`, contraction coefficients with PySCF's normalisation
       (padded entries 0, so a padded primitive adds nothing).
-    - `powers`: `(nao, nterm, 3)` int32, the exponents (a, b, c) of each cartesian monomial
-      (padded entries 0).
-    - `weights`: `(nao, nterm)`, the weight of each monomial (padded entries 0).
-    - `lmax` (static): the highest angular momentum (the largest a, b or c).
+    - `angular`: `(nao, 4, nmono)`, the coefficients of the angular polynomial P and of ∂x P,
+      ∂y P, ∂z P over the monomials of degree ≤ lmax (by degree, then PySCF's cartesian order:
+      1, x, y, z, xx, xy, …).
+    - `lmax` (static): the highest angular momentum; `nmono = (lmax+1)(lmax+2)(lmax+3)/6`.
 
-    A function whose coefficients (or weights) are all zero (e.g. one added by padding `nao`)
-    is zero everywhere.
+    A function whose coefficients are all zero (e.g. one added by padding `nao`) is zero
+    everywhere.
     """
 
     centres: Float[Array, "nao 3"]
     exponents: Float[Array, "nao nprim"]
     coefficients: Float[Array, "nao nprim"]
-    powers: Int[Array, "nao nterm 3"]
-    weights: Float[Array, "nao nterm"]
+    angular: Float[Array, "nao 4 nmono"]
     lmax: int = eqx.field(static=True)
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """`(nprim, nterm, lmax)`: the padded sizes (equal for Systems that can be stacked)."""
-        return self.exponents.shape[-1], self.weights.shape[-1], self.lmax
+    def shape(self) -> tuple[int, int]:
+        """`(nprim, lmax)`: the padded sizes (equal for Systems that can be stacked)."""
+        return self.exponents.shape[-1], self.lmax
 
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays."""
-        return sum(x.nbytes for x in (self.centres, self.exponents, self.coefficients, self.powers, self.weights))
+        return sum(x.nbytes for x in (self.centres, self.exponents, self.coefficients, self.angular))
 
-    def pad(self, nao: int, shape: tuple[int, int, int] | None = None, xp=np) -> AOBasis:
-        """The same functions, followed by zero functions up to `nao`, with the primitives and
-        monomials padded to `shape = (nprim, nterm, lmax)` (`None`: unchanged). `xp` is `numpy`
-        or `jax.numpy`.
+    def pad(self, nao: int, shape: tuple[int, int] | None = None, xp=np) -> AOBasis:
+        """The same functions, followed by zero functions up to `nao`, with the primitives padded
+        to `nprim` and the monomials to those of degree ≤ `lmax`, `shape = (nprim, lmax)`
+        (`None`: unchanged). `xp` is `numpy` or `jax.numpy`.
 
         **Raises:** `ValueError` if a target is smaller than the current size.
         """
-        nprim, nterm, lmax = self.shape if shape is None else shape
+        nprim, lmax = self.shape if shape is None else shape
         cur_nao = self.centres.shape[-2]
-        if nao < cur_nao or nprim < self.shape[0] or nterm < self.shape[1] or lmax < self.lmax:
-            raise ValueError(f"cannot pad the AO basis data {(cur_nao, *self.shape)} down to {(nao, nprim, nterm, lmax)}")
-        dao, dprim, dterm = nao - cur_nao, nprim - self.shape[0], nterm - self.shape[1]
+        if nao < cur_nao or nprim < self.shape[0] or lmax < self.lmax:
+            raise ValueError(f"cannot pad the AO basis data {(cur_nao, *self.shape)} down to {(nao, nprim, lmax)}")
+        dao, dprim = nao - cur_nao, nprim - self.shape[0]
+        dmono = len(_monomials(lmax)) - self.angular.shape[-1]
 
         def pad(x, *widths):
             return xp.pad(xp.asarray(x), ((0, dao), *widths))
@@ -90,8 +99,7 @@ class AOBasis(eqx.Module):
             centres=pad(self.centres, (0, 0)),
             exponents=pad(self.exponents, (0, dprim)),
             coefficients=pad(self.coefficients, (0, dprim)),
-            powers=pad(self.powers, (0, dterm), (0, 0)),
-            weights=pad(self.weights, (0, dterm)),
+            angular=pad(self.angular, (0, 0), (0, dmono)),
             lmax=lmax,
         )
 
@@ -130,19 +138,21 @@ def basis_data(mol) -> AOBasis:
         raise ValueError(f"the basis has {len(centres)} functions but the Mole says nao={mol.nao} (built?)")
     nao = len(centres)
     nprim = max(len(a) for a in exponents)
-    nterm = max(len(t) for t in terms)
+    lmax = int(max(mol.bas_angular(ib) for ib in range(mol.nbas)))
+    position = {p: m for m, p in enumerate(_monomials(lmax))}
     exp_arr = np.zeros((nao, nprim))
     coef_arr = np.zeros((nao, nprim))
-    pow_arr = np.zeros((nao, nterm, 3), dtype=np.int32)
-    w_arr = np.zeros((nao, nterm))
+    angular = np.zeros((nao, 4, len(position)))
     for mu in range(nao):
         exp_arr[mu, : len(exponents[mu])] = exponents[mu]
         coef_arr[mu, : len(coefficients[mu])] = coefficients[mu]
-        for t, (p, w) in enumerate(terms[mu]):
-            pow_arr[mu, t] = p
-            w_arr[mu, t] = w
-    lmax = int(max(mol.bas_angular(ib) for ib in range(mol.nbas)))
-    return AOBasis(np.asarray(centres), exp_arr, coef_arr, pow_arr, w_arr, lmax)
+        for p, w in terms[mu]:
+            angular[mu, 0, position[p]] += w
+            for c in range(3):  # ∂_c x^a y^b z^c' = a x^(a−1) y^b z^c' for c = x, …
+                if p[c]:
+                    lower = tuple(k - (j == c) for j, k in enumerate(p))
+                    angular[mu, 1 + c, position[lower]] += p[c] * w
+    return AOBasis(np.asarray(centres), exp_arr, coef_arr, angular, lmax)
 
 
 def ao_values(
@@ -154,35 +164,30 @@ def ao_values(
     Finite at every point (a nucleus included); jit-, vmap- and AD-compatible.
     """
     centres = basis.centres[indices]  # (n, 3)
-    alpha = basis.exponents[indices]  # (n, P)
-    coef = basis.coefficients[indices]  # (n, P)
-    powers = basis.powers[indices]  # (n, T, 3)
-    weights = basis.weights[indices]  # (n, T)
-    d = points[:, None, :] - centres[None]  # (g, n, 3)
-    r2 = jnp.sum(d * d, axis=-1)  # (g, n)
-    e = coef * jnp.exp(-alpha * r2[..., None])  # (g, n, P)
-    radial = jnp.sum(e, axis=-1)
-    slope = jnp.sum(e * alpha, axis=-1)  # −dR/ds
-    # x^a, y^b, z^c and a·x^(a−1), … of each monomial, (g, n, T, 3): powers of d up to lmax,
-    # each selected where the monomial's exponent equals it (no gather)
-    exponent = powers[None]  # (1, n, T, 3)
-    dd = d[:, :, None, :]  # (g, n, 1, 3)
-    mono = jnp.ones(dd.shape[:2] + exponent.shape[2:], d.dtype)
-    dmono = jnp.zeros_like(mono)
-    power = jnp.ones_like(dd)
-    for k in range(1, basis.lmax + 1):
-        below, power = power, power * dd
-        mono = jnp.where(exponent == k, power, mono)
-        dmono = jnp.where(exponent == k, k * below, dmono)
-    xyz = jnp.prod(mono, axis=-1)  # (g, n, T)
-    angular = jnp.sum(weights * xyz, axis=-1)  # (g, n)
-    # ∂_c of the monomial: dmono[c] times the other two factors
-    mx, my, mz = mono[..., 0], mono[..., 1], mono[..., 2]
-    dang = jnp.stack([
-        jnp.sum(weights * dmono[..., 0] * my * mz, axis=-1),
-        jnp.sum(weights * mx * dmono[..., 1] * mz, axis=-1),
-        jnp.sum(weights * mx * my * dmono[..., 2], axis=-1),
-    ])  # (3, g, n)
-    value = radial * angular
-    grad = -2.0 * jnp.moveaxis(d, -1, 0) * (slope * angular) + radial * dang
-    return jnp.concatenate([value[None], grad])
+    alpha = basis.exponents[indices].T  # (P, n)
+    coef = basis.coefficients[indices].T  # (P, n)
+    angular = jnp.moveaxis(basis.angular[indices], 0, -1)  # (4, M, n)
+    # the small dimensions (primitives, monomials, components) lead, so that every operation
+    # runs over the (g, n) plane
+    d = points.T[:, :, None] - centres.T[:, None, :]  # (3, g, n)
+    r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]  # (g, n)
+    radial = jnp.zeros_like(r2)
+    slope = jnp.zeros_like(r2)  # −dR/ds
+    for p in range(alpha.shape[0]):
+        e = coef[p] * jnp.exp(-alpha[p] * r2)
+        radial = radial + e
+        slope = slope + alpha[p] * e
+    # materialised once: XLA would otherwise fuse (and so recompute) the exponentials into each
+    # of the four outputs
+    radial, slope = jax.lax.optimization_barrier((radial, slope))
+    # the monomials of degree ≤ lmax, each the product of an earlier one and one coordinate
+    powers = _monomials(basis.lmax)
+    position = {q: m for m, q in enumerate(powers)}
+    mono = [jnp.ones_like(r2)]
+    for q in powers[1:]:
+        c = next(j for j in range(3) if q[j])
+        mono.append(mono[position[tuple(k - (j == c) for j, k in enumerate(q))]] * d[c])
+    parts = [sum(mono[m] * angular[k, m] for m in range(len(powers))) for k in range(4)]  # P, ∂xP, ∂yP, ∂zP
+    value = radial * parts[0]
+    grad = [radial * parts[1 + c] - 2.0 * d[c] * slope * parts[0] for c in range(3)]
+    return jnp.stack([value, *grad])

@@ -251,8 +251,8 @@ class BlockLayout:
     - `groups`: `((list_size, nblock), ...)`: for each group, the padded length of its blocks' AO
       lists and its number of blocks, by increasing list size.
     - `basis`: for recomputed AO blocks ([`RecomputedAOBlocks`][nlxc.system.RecomputedAOBlocks]),
-      the padded sizes `(nprim, nterm, lmax)` of their basis data (primitives and cartesian
-      monomials per function, highest angular momentum); `None` for stored AO values.
+      the padded sizes `(nprim, lmax)` of their basis data (primitives per function, highest
+      angular momentum); `None` for stored AO values.
 
     Systems of equal layout (and equal `nao`, `naux`, `ngrid`, atom count) can be stacked.
     """

@@ -47,7 +47,7 @@ def test_padded_basis_data_adds_zero_functions():
     mol = gto.M(atom=WATER, basis="def2-svp", verbose=0)
     points = jnp.asarray(_points(mol, n=20))
     basis = basis_data(mol)
-    padded = jax.tree.map(jnp.asarray, basis.pad(mol.nao + 3, (basis.shape[0] + 2, basis.shape[1] + 1, basis.lmax + 1)))
+    padded = jax.tree.map(jnp.asarray, basis.pad(mol.nao + 3, (basis.shape[0] + 2, basis.lmax + 1)))
     values = np.asarray(ao_values(padded, jnp.arange(mol.nao + 3), points))
     np.testing.assert_allclose(values[..., : mol.nao], dft.numint.eval_ao(mol, np.asarray(points), deriv=1),
                                rtol=1e-12, atol=1e-12)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -207,13 +208,30 @@ def _run_evaluate(args) -> int:
     references = _SET_REFERENCES[_set_key(args.set_name)]
     report["references"] = references
     if args.json:
-        print(json.dumps(report))
+        print(_json_text(report))
         return EXIT_OK
     title = (f"{report['set']}: {len(report['reactions'])} reactions, {basis}, grid level {grid_level}; "
              f"errors in kcal/mol against {references}")
     print(format_report(report, title))
     print(f"wall time {report['wall_s']:.0f} s")
     return EXIT_OK
+
+
+def _finite_or_null(obj):
+    """`obj` with every non-finite float (a statistic over no values, a failed SCF's energy)
+    replaced by `None`."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
+
+
+def _json_text(obj) -> str:
+    """Strict JSON (RFC 8259) for `--json`: NaN and ±inf become `null`."""
+    return json.dumps(_finite_or_null(obj), allow_nan=False)
 
 
 def _run_scf(args) -> int:
@@ -280,7 +298,7 @@ def _run_scf(args) -> int:
         out["tddft"] = {"method": "TDA" if args.tda else "RPA", "spin": excitations.spin,
                         "converged": bool(excitations.converged), "time_s": time.perf_counter() - t2}
     if args.json:
-        print(json.dumps(out))
+        print(_json_text(out))
     else:
         kind = "RKS" if system.restricted else "UKS"
         if args.xc.strip().lower() == "hf":
@@ -451,7 +469,7 @@ def _run_periodic_scf(args) -> int:
         "time_scf_s": t2 - t1,
     }
     if args.json:
-        print(json.dumps(out))
+        print(_json_text(out))
     else:
         kind = "KRKS" if system.restricted else "KUKS"
         smeared = f", Fermi-Dirac smearing {width} Ha" if width is not None else ""
@@ -495,7 +513,7 @@ def _run_eos(args, functional, structure, basis, kmesh, width, mesh, scales, set
     out = {**fit.as_dict(), **setup, "mesh": None if mesh is None else list(mesh),
            "time_s": time.perf_counter() - t0}
     if args.json:
-        print(json.dumps(out))
+        print(_json_text(out))
         return EXIT_OK
     bulk = "n/a (not all lattice vectors scaled)" if fit.bulk_modulus is None else f"{fit.bulk_modulus:.2f} GPa"
     print(f"  {fit.eos} fit (ASE): lattice constant {fit.lattice_constant:.5f} Å (scale {fit.scale:.5f}), "

@@ -137,6 +137,17 @@ def test_evaluate_command_marks_a_failed_pyscf_baseline(tmp_path, monkeypatch, c
     assert report["common"]["nlxc (trained)"]["n"] == 1
     assert report["common"]["nlxc (trained)"]["mae"] == pytest.approx(abs(error(pbe, "LiH")), abs=1e-9)
 
+    # a method with no reaction left (PBE over HF alone): its statistics are null (strict JSON), not NaN
+    only_hf = [a if a != "LiH,HF" else "HF" for a in args]
+    assert main([*only_hf, "--json"]) == 0
+    text = capsys.readouterr().out
+
+    def no_constants(name):
+        raise AssertionError(f"{name} in the JSON output: {text}")
+
+    stats = json.loads(text, parse_constant=no_constants)["methods"]["PBE (PySCF)"]
+    assert (stats["n"], stats["excluded"], stats["mae"], stats["rmse"], stats["max"]) == (0, 1, None, None, None)
+
     assert main(args) == 0
     captured = capsys.readouterr()
     text = captured.out

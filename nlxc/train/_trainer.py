@@ -296,6 +296,11 @@ class _InterruptGuard:
 
     def __exit__(self, *exc):
         self.handled.set()
+        if self.watchdog is not None:
+            # a repetition it sent just before `handled` was set must reach `_handler` (which
+            # drops it), not the caller's code after `train` returns: `signal.signal` runs the
+            # pending handlers before it swaps them
+            self.watchdog.join()
         if self.installed:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         return False

@@ -297,6 +297,42 @@ def test_stability_analysis_leaves_a_saddle_point_for_the_minimum():
     assert float(lowest(result.density_matrix)) > analysis.threshold
 
 
+def test_rotation_frame_is_canonical(get_mole, get_system):
+    """The frame of the Newton fallback and of the stability analysis diagonalises the Fock matrix
+    within the occupied and within the virtual space, so the preconditioner is 2(ε_a − ε_i) of the
+    canonical orbitals: at PySCF's converged UKS density (CH2 triplet, PBE, density-fitted, same
+    grid) its entries are PySCF's orbital-energy differences (floored at 0.05 Ha, as documented).
+    The density matrix's own eigenvectors are an arbitrary basis of each space: with them, ClO's
+    soft rotation (r2SCAN, def2-SVP; Δε = 0.042 Ha) was scaled by ~9 Ha and its saddle point missed."""
+    from pyscf import df, dft
+
+    from conftest import GRID_LEVEL
+    from nlxc.scf._newton import _canonical_frame, _frame, _RotationModel
+
+    mol, s = get_mole("ch2"), get_system("ch2")
+    mf = dft.UKS(mol, xc="pbe")
+    mf.grids.level = GRID_LEVEL
+    mf.small_rho_cutoff = 0.0
+    mf = mf.density_fit(auxbasis=df.make_auxbasis(mol))
+    mf.conv_tol = 1e-11
+    mf.kernel()
+    assert mf.converged
+    pbe = get_functional("pbe")
+
+    @jax.jit
+    def preconditioner(p):
+        _, fock = nlxc.scf.energy_and_fock(pbe, s, p)
+        frame = _canonical_frame(_frame(p, s), fock, s)
+        return _RotationModel(pbe, s, frame).preconditioner(fock), frame.mask
+
+    diag, mask = preconditioner(jnp.asarray(mf.make_rdm1()))
+    got = np.sort(np.asarray(diag)[np.asarray(mask)])
+    expected = []
+    for e, n in zip(mf.mo_energy, mf.mo_occ):
+        expected.extend((2.0 * (e[n == 0][:, None] - e[n > 0][None, :])).ravel())
+    np.testing.assert_allclose(got, np.sort(np.maximum(expected, 0.05)), atol=1e-6)
+
+
 @pytest.mark.parametrize("bad, message", [
     (lambda s: ("pbe", s, {}), "get_functional"),
     (lambda s: (nlxc.xc.PBEExchange, s, {}), "class PBEExchange"),

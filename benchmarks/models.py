@@ -1,29 +1,37 @@
-"""Cost of the model zoo against grid size, next to PBE.
+"""Cost and memory of the model zoo against grid size, next to PBE.
 
 For each molecule (H2O, C6H6, n-decane C10H22 with 32 atoms; def2-SVP, PySCF grid level 2 by
 default) and each model, two timings after compilation (best of `--repeat`):
 
 - `model`: the model's energy and its gradient with respect to the density features on the grid
   (ρσ, σ, τσ): the architecture's own cost, what the scaling exponent is fitted to;
-- `E_xc+Fock`: the energy and the Fock contribution ∂E_xc/∂P (the density matrix), which adds
-  the density features' cost O(ngrid · nao²), the same for every model.
+- `E_xc+Fock`: the energy and the Fock contribution ∂E_xc/∂P (`jax.value_and_grad` of E_xc with
+  respect to the density matrix), which adds the density features' cost O(ngrid · nao²), the
+  same for every model (evaluated block by block over the screened AO blocks).
 
-Also the compile time and XLA's temporary memory for `E_xc+Fock` (from
-`compiled.memory_analysis()`, for the largest molecule where it was measured), and the scaling
-exponent b of time ≈ a · ngrid^b fitted over the molecules. `E_xc+Fock` is skipped above
-`--fock-max-ngrid` grid points (decane at grid level 2: its density-feature backward pass needs
-more than the 24 GB of the machine we measured on). Models are used alone (not added to PBE), so
-PBE's row is the baseline.
+Memory decides what runs, not grid size. Each (molecule, model) case runs in a fresh subprocess
+(`python benchmarks/models.py --child MOLECULE LABEL ...`, which prints one `RESULT {json}` line)
+so that its peak resident memory (`ru_maxrss`) is its own. In the child, both programs are first
+compiled (`jax.jit(...).lower(...).compile()`) with the System given abstractly where it carries
+auxiliary-basis grid operators (`jax.ShapeDtypeStruct` leaves: nothing is allocated), and XLA's
+`compiled.memory_analysis()` is read: `temp_size_in_bytes`, `argument_size_in_bytes`,
+`output_size_in_bytes` (all recorded, for both programs). A program is executed only if
+temp + arguments + outputs ≤ `--max-gb` (default 16 GiB, leaving the 24 GB machine some room);
+only then are the grid operators built. The child records its resident memory before the
+E_xc+Fock execution and its peak (`ru_maxrss`, which also covers building the System) at the
+end. `fits 8 GB` (JSON `fits_8gb`; `xla_fits_8gb` is the XLA half alone) is true when the E_xc+Fock program's temp + arguments + outputs ≤ 8 GiB and it
+was executed with peak RSS ≤ 8 GiB. A skipped timing is `null` in the JSON, `-` in the table.
 
+Also the compile time of `E_xc+Fock`, and the scaling exponent b of time ≈ a · ngrid^b fitted
+over the molecules. Models are used alone (not added to PBE), so PBE's row is the baseline.
 Models that read auxiliary-basis grid operators (`AuxiliaryNeuralOperator`, `LocalHybrid`,
-`NonlocalEnhancedExchange`) get a System carrying them when they fit in `--operator-max-gb`
-(8·ngrid·naux bytes each); the O(ngrid²) `GridAttention` runs up to `--attention-max-ngrid`
-points. Skipped cells are marked. `prepare` (the neighbour-list search, once per SCF) is timed
-on its own.
+`NonlocalEnhancedExchange`) get a System carrying the ones they need (8·ngrid·naux bytes each,
+counted in the arguments); the O(ngrid²)-time `GridAttention` is compiled and analysed but
+not run above `--attention-max-ngrid` grid points.
+`prepare` (the neighbour-list search, once per SCF) is timed on its own.
 
     python benchmarks/models.py [--grid-level 2] [--molecules h2o c6h6 decane] [--repeat 3]
-                                [--models LABEL ...] [--fock-max-ngrid 150000]
-                                [--operator-max-gb 3] [--attention-max-ngrid 10000]
+                                [--models LABEL ...] [--max-gb 16] [--attention-max-ngrid 10000]
                                 [--out benchmarks/results/models.json]
 """
 
@@ -33,6 +41,9 @@ import argparse
 import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -122,50 +133,146 @@ def _best(fn, *args, repeat):
     return min(times)
 
 
-def measure(functional, system, repeat, with_fock=True):
+GIB = 2**30
+
+
+def _rss_bytes():
+    """Current resident memory of this process (Linux `/proc/self/status`), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _peak_rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+
+
+def _memory(compiled):
+    """XLA's memory analysis of a compiled program: temp, argument, output bytes and their sum."""
+    m = compiled.memory_analysis()
+    out = {k: (None if m is None else int(getattr(m, k + "_size_in_bytes"))) for k in ("temp", "argument", "output")}
+    out["total"] = None if m is None else out["temp"] + out["argument"] + out["output"]
+    return out
+
+
+def _abstract_operators(system, spec):
+    """`system` carrying the grid operators of `spec` as `jax.ShapeDtypeStruct`s (nothing allocated)."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    from nlxc.grid_operators import AuxiliaryGridOperators
+
+    def shape(n):
+        return jax.ShapeDtypeStruct((n, system.ngrid, system.naux), jnp.float64)
+
+    ops = AuxiliaryGridOperators(shape(len(spec.omegas)), shape(len(spec.exponents)), shape(int(spec.projection)),
+                                 spec.omegas, spec.exponents)
+    return eqx.tree_at(lambda s: s.grid_operators, system, ops, is_leaf=lambda x: x is None)
+
+
+def measure(functional, name, grid_level, repeat, max_bytes, attention_max_ngrid=None):
+    """One (molecule, model) case in this process; returns the result dict (see the module docstring)."""
     import equinox as eqx
     import jax
 
     import nlxc
+    from nlxc.grid_operators import required_grid_operators
+    from nlxc.models import GridAttention
+
+    t = time.perf_counter()
+    system = build_system(name, grid_level)
+    jax.block_until_ready(system)
+    r = {"ngrid": system.ngrid, "nao": system.nao, "naux": system.naux, "natom": int(system.atom_charges.shape[0]),
+         "setup_s": time.perf_counter() - t, "operators": 0, "operator_bytes": 0, "operator_setup_s": None}
+    spec = required_grid_operators(functional)
+    count = operator_count(spec)
+    target = system
+    if count:
+        r["operators"], r["operator_bytes"] = count, 8 * system.ngrid * system.naux * count
+        target = _abstract_operators(system, spec)
 
     # the geometry-only preparation (neighbour lists), once per SCF: timed on its own
     prepare = eqx.filter_jit(lambda f, s: f.prepare(s))
     jax.block_until_ready(prepare(functional, system))
-    prepare_time = _best(prepare, functional, system, repeat=repeat)
+    r["prepare_s"] = _best(prepare, functional, system, repeat=repeat)
     functional = prepare(functional, system)
+    dynamic, static = eqx.partition(functional, eqx.is_array)
 
-    # the System and the model are arguments (not closures), so XLA does not constant-fold them
+    # the System, the model and the density are arguments (not closures), so XLA does not
+    # constant-fold them and counts them in argument_size
     p = system.initial_density_matrix
     density = jax.jit(nlxc.Density.from_density_matrix)(p, system)
 
-    def on_features(rho, sigma, tau, functional, system):
-        d = nlxc.Density(rho=rho, gradient=density.gradient, sigma=sigma, tau=tau)
-        return functional(d, p, system)
-
-    model_fn = eqx.filter_jit(jax.value_and_grad(on_features, argnums=(0, 1, 2)))
-    args = (density.rho, density.sigma, density.tau, functional, system)
-    jax.block_until_ready(model_fn(*args))
-    model_time = _best(model_fn, *args, repeat=repeat)
-
-    if not with_fock:
-        return {"model_s": model_time, "prepare_s": prepare_time, "exc_fock_s": None, "compile_s": None,
-                "temp_bytes": None}
-
-    dynamic, static = eqx.partition(functional, eqx.is_array)
+    def on_features(rho, sigma, tau, gradient, pm, dynamic, system):
+        d = nlxc.Density(rho=rho, gradient=gradient, sigma=sigma, tau=tau)
+        return eqx.combine(dynamic, static)(d, pm, system)
 
     def exc(pm, dynamic, system):
         f = eqx.combine(dynamic, static)
         return f(nlxc.Density.from_density_matrix(pm, system), pm, system)
 
+    model_args = (density.rho, density.sigma, density.tau, density.gradient, p, dynamic)
+    model_c = jax.jit(jax.value_and_grad(on_features, argnums=(0, 1, 2))).lower(*model_args, target).compile()
+    r["model_memory"] = _memory(model_c)
     t = time.perf_counter()
-    compiled = jax.jit(jax.value_and_grad(exc)).lower(p, dynamic, system).compile()
-    compile_time = time.perf_counter() - t
-    memory = compiled.memory_analysis()
-    temp = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
-    jax.block_until_ready(compiled(p, dynamic, system))
-    fock_time = _best(compiled, p, dynamic, system, repeat=repeat)
-    return {"model_s": model_time, "prepare_s": prepare_time, "exc_fock_s": fock_time, "compile_s": compile_time,
-            "temp_bytes": temp}
+    fock_c = jax.jit(jax.value_and_grad(exc)).lower(p, dynamic, target).compile()
+    r["compile_s"] = time.perf_counter() - t
+    r["exc_fock_memory"] = _memory(fock_c)
+    r["temp_bytes"] = r["exc_fock_memory"]["temp"]
+
+    run_model = r["model_memory"]["total"] is not None and r["model_memory"]["total"] <= max_bytes
+    run_fock = r["exc_fock_memory"]["total"] is not None and r["exc_fock_memory"]["total"] <= max_bytes
+    r["skipped"] = None if run_model and run_fock else f"XLA temp + arguments + outputs > {max_bytes / GIB:g} GiB"
+    if (attention_max_ngrid is not None and isinstance(functional, GridAttention)
+            and system.ngrid > attention_max_ngrid):  # O(ngrid²) time: compiled and analysed, not run
+        run_model = run_fock = False
+        r["skipped"] = f"GridAttention above {attention_max_ngrid} grid points (O(ngrid²) time)"
+    if count and (run_model or run_fock):
+        t = time.perf_counter()
+        target = build_system(name, grid_level, grid_operators=spec)
+        jax.block_until_ready(target)
+        r["operator_setup_s"] = time.perf_counter() - t
+    r["model_s"] = None
+    if run_model:
+        jax.block_until_ready(model_c(*model_args, target))
+        r["model_s"] = _best(model_c, *model_args, target, repeat=repeat)
+    r["rss_before_exc_fock_bytes"] = _rss_bytes()
+    r["exc_fock_s"] = None
+    if run_fock:
+        jax.block_until_ready(fock_c(p, dynamic, target))
+        r["exc_fock_s"] = _best(fock_c, p, dynamic, target, repeat=repeat)
+    r["peak_rss_bytes"] = _peak_rss_bytes()
+    r["xla_fits_8gb"] = r["exc_fock_memory"]["total"] is not None and r["exc_fock_memory"]["total"] <= 8 * GIB
+    r["fits_8gb"] = bool(run_fock and r["exc_fock_memory"]["total"] <= 8 * GIB and r["peak_rss_bytes"] <= 8 * GIB)
+    return r
+
+
+def _child(name, label, grid_level, repeat, max_gb, attention_max_ngrid):
+    functional = models()[label]
+    try:
+        r = measure(functional, name, grid_level, repeat, max_gb * GIB, attention_max_ngrid)
+    except Exception as err:  # reported as a value to the parent, which goes on with the next case
+        r = {"error": f"{type(err).__name__}: {str(err)[:2000]}", "peak_rss_bytes": _peak_rss_bytes()}
+    print("RESULT " + json.dumps(r), flush=True)
+
+
+def _gb(x):
+    return "-" if x is None else f"{x / GIB:.2f}"
+
+
+def _fits(r):
+    """'yes', 'no', or 'XLA only' (XLA's estimate fits but the program was not run)."""
+    return "yes" if r["fits_8gb"] else "XLA only" if r.get("xla_fits_8gb") and r.get("skipped") else "no"
+
+
+def _ms(x):
+    return "-" if x is None else f"{x * 1e3:.1f}"
 
 
 def main(argv=None):
@@ -174,84 +281,74 @@ def main(argv=None):
     parser.add_argument("--molecules", nargs="+", default=["h2o", "c6h6", "decane"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=None, help="subset of the model labels")
-    parser.add_argument("--fock-max-ngrid", type=int, default=150_000,
-                        help="skip E_xc+Fock above this many grid points (its density-feature "
-                             "backward pass needs > 24 GB for decane at grid level 2)")
-    parser.add_argument("--operator-max-gb", type=float, default=3.0,
-                        help="skip a model whose auxiliary-basis grid operators (8·ngrid·naux bytes "
-                             "each) would exceed this many GB for a molecule")
+    parser.add_argument("--max-gb", type=float, default=16.0,
+                        help="execute a compiled program only if XLA's temp + argument + output bytes "
+                             "are at most this many GiB")
     parser.add_argument("--attention-max-ngrid", type=int, default=10_000,
-                        help="skip the O(ngrid²) GridAttention above this many grid points")
+                        help="compile and analyse, but do not run, the O(ngrid²)-time GridAttention above "
+                             "this many grid points")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "models.json"))
+    parser.add_argument("--child", nargs=2, metavar=("MOLECULE", "LABEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        return _child(*args.child, args.grid_level, args.repeat, args.max_gb, args.attention_max_ngrid)
 
     import jax
 
-    import nlxc
-
-    from nlxc.grid_operators import required_grid_operators
-
+    labels = [label for label in models() if not args.models or label in args.models]
     rows, sizes = {}, {}
-    catalogue = {label: f for label, f in models().items() if not args.models or label in args.models}
     for name in args.molecules:
-        t = time.perf_counter()
-        system = build_system(name, args.grid_level)
-        naux = system.naux
-        sizes[name] = {"ngrid": system.ngrid, "nao": system.nao, "naux": naux,
-                       "natom": int(system.atom_charges.shape[0]), "setup_s": time.perf_counter() - t}
-        print(f"{name}: ngrid {system.ngrid}, nao {system.nao}, naux {naux}, natom {sizes[name]['natom']}",
-              flush=True)
-        # models that need auxiliary-basis grid operators get a System that carries them, if they fit
-        spec, skipped = nlxc.GridOperatorSpec(), set()
-        for label, functional in catalogue.items():
-            need = required_grid_operators(functional)
-            if 8 * system.ngrid * naux * operator_count(need) > args.operator_max_gb * 2**30:
-                skipped.add(label)
-            elif "GridAttention" in label and system.ngrid > args.attention_max_ngrid:
-                skipped.add(label)
+        print(name, flush=True)
+        for label in labels:
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", name, label,
+                                   "--grid-level", str(args.grid_level), "--repeat", str(args.repeat),
+                                   "--max-gb", repr(args.max_gb),
+                                   "--attention-max-ngrid", str(args.attention_max_ngrid)], capture_output=True, text=True)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not line:
+                r = {"error": f"child exited with {proc.returncode}: {proc.stderr[-2000:]}"}
             else:
-                spec = spec | need
-        with_operators = system
-        if operator_count(spec):
-            t = time.perf_counter()
-            with_operators = build_system(name, args.grid_level, grid_operators=spec)
-            sizes[name]["operators"] = {"count": operator_count(spec), "bytes": 8 * system.ngrid * naux * operator_count(spec),
-                                        "setup_s": time.perf_counter() - t}
-        for label, functional in catalogue.items():
-            if label in skipped:
-                rows.setdefault(label, {})[name] = None
-                print(f"  {label:34s} skipped (operator memory or O(ngrid²) limit)", flush=True)
-                continue
-            target = with_operators if operator_count(required_grid_operators(functional)) else system
-            r = measure(functional, target, args.repeat, with_fock=system.ngrid <= args.fock_max_ngrid)
+                r = json.loads(line[-1][7:])
+            if "ngrid" in r and name not in sizes:
+                sizes[name] = {k: r[k] for k in ("ngrid", "nao", "naux", "natom", "setup_s")}
+                print(f"  ngrid {r['ngrid']}, nao {r['nao']}, naux {r['naux']}, natom {r['natom']}", flush=True)
             rows.setdefault(label, {})[name] = r
-            fock = "n/a" if r["exc_fock_s"] is None else f"{r['exc_fock_s'] * 1e3:9.1f} ms   compile {r['compile_s']:6.1f} s"
-            print(f"  {label:34s} model {r['model_s'] * 1e3:9.1f} ms   prepare {r['prepare_s'] * 1e3:8.1f} ms"
-                  f"   E_xc+Fock {fock}", flush=True)
-        del system, with_operators
+            if "error" in r:
+                print(f"  {label:34s} FAILED: {r['error'][-500:]}", flush=True)
+                continue
+            m = r["exc_fock_memory"]
+            print(f"  {label:34s} model {_ms(r['model_s']):>9s} ms   prepare {_ms(r['prepare_s']):>7s} ms"
+                  f"   E_xc+Fock {_ms(r['exc_fock_s']):>9s} ms   compile {r['compile_s']:6.1f} s"
+                  f"   XLA temp/args/out {_gb(m['temp'])}/{_gb(m['argument'])}/{_gb(m['output'])} GiB"
+                  f"   peak RSS {_gb(r['peak_rss_bytes'])} GiB   fits 8 GB {_fits(r)}",
+                  flush=True)
 
     print()
     header = "".join(f"{m + ' model ms':>18s}" for m in args.molecules)
-    print(f"{'model':34s}{header}{'exponent':>10s}{'E_xc+Fock exp.':>16s}{'temp MB':>10s}")
+    last = args.molecules[-1]
+    print(f"{'model':34s}{header}{'exponent':>10s}{'E_xc+Fock exp.':>16s}"
+          f"{last + ' E_xc+Fock ms':>22s}{'XLA GiB':>9s}{'RSS GiB':>9s}{'fits 8 GB':>10s}")
     for label, per in rows.items():
-        done = [m for m in args.molecules if per.get(m) is not None]
-        ngrid = np.array([sizes[m]["ngrid"] for m in done], dtype=float)
-        t_model = np.array([per[m]["model_s"] for m in done])
-        have = [m for m in done if per[m]["exc_fock_s"] is not None]
-        t_fock = np.array([per[m]["exc_fock_s"] for m in have])
-        g_fock = np.array([sizes[m]["ngrid"] for m in have], dtype=float)
-        b_model = float(np.polyfit(np.log(ngrid), np.log(t_model), 1)[0]) if len(done) > 1 else float("nan")
-        b_fock = float(np.polyfit(np.log(g_fock), np.log(t_fock), 1)[0]) if len(have) > 1 else float("nan")
+        ok = {m: per[m] for m in args.molecules if m in per and "error" not in per[m]}
+        done = [m for m in ok if ok[m]["model_s"] is not None]
+        have = [m for m in ok if ok[m]["exc_fock_s"] is not None]
+        b_model = b_fock = float("nan")
+        if len(done) > 1:
+            b_model = float(np.polyfit(np.log([ok[m]["ngrid"] for m in done]), np.log([ok[m]["model_s"] for m in done]), 1)[0])
+        if len(have) > 1:
+            b_fock = float(np.polyfit(np.log([ok[m]["ngrid"] for m in have]), np.log([ok[m]["exc_fock_s"] for m in have]), 1)[0])
         per["scaling_exponent_model"] = b_model
         per["scaling_exponent_exc_fock"] = b_fock
-        temp = per[have[-1]]["temp_bytes"] if have else None
-        cells = "".join(f"{per[m]['model_s'] * 1e3:18.1f}" if per.get(m) else f"{'skipped':>18s}"
-                        for m in args.molecules)
-        print(f"{label:34s}{cells}{b_model:10.2f}{b_fock:16.2f}{(temp or 0) / 2**20:10.0f}")
+        cells = "".join(f"{_ms(ok[m]['model_s']) if m in ok else 'failed':>18s}" for m in args.molecules)
+        r = ok.get(last)
+        tail = (f"{_ms(r['exc_fock_s']):>22s}{_gb(r['exc_fock_memory']['total']):>9s}{_gb(r['peak_rss_bytes']):>9s}"
+                f"{_fits(r):>10s}") if r else f"{'failed':>22s}"
+        print(f"{label:34s}{cells}{b_model:10.2f}{b_fock:16.2f}{tail}")
 
-    out = {"molecules": sizes, "grid_level": args.grid_level, "basis": "def2-svp", "models": rows,
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                       "jax": jax.__version__, "backend": jax.default_backend()}}
+    out = {"molecules": sizes, "grid_level": args.grid_level, "basis": "def2-svp", "max_gb": args.max_gb,
+           "models": rows,
+           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
+                       "backend": jax.default_backend(), "load_average": os.getloadavg()}}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=2)
